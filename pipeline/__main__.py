@@ -1,0 +1,113 @@
+"""``python -m pipeline <command>``: the operator's front door.
+
+Commands: worker, migrate, topics, stack (up|down|status), demo, bench.
+Bad configuration ends with a one-line message naming the setting, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings
+
+__all__ = ["main"]
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from pipeline.app import create_app
+    from pipeline.logs import logging_config
+
+    if args.web_port is not None:
+        settings = settings.with_overrides(web_port=args.web_port)
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    worker.execute_from_commandline()  # returns only through SystemExit
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.migrate import apply_migrations
+
+    applied = asyncio.run(apply_migrations(settings.require_database_url()))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings))
+    for name, partitions in created.items():
+        print(f"created topic {name} ({partitions} partitions)")
+    if not created:
+        print("all topics exist")
+    return 0
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline import stack
+
+    return stack.main([args.action, "--dir", args.dir])
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(settings, count=args.count, keep=args.keep)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.bench import run_bench
+
+    return run_bench(settings, count=args.count, as_json=args.json)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="run a stream worker (Faust)")
+    w.add_argument("--web-port", type=int, default=None, help="this worker's HTTP port")
+    w.set_defaults(run=_worker)
+    sub.add_parser("migrate", help="apply SQL migrations").set_defaults(run=_migrate)
+    sub.add_parser("topics", help="create the Kafka topics").set_defaults(run=_topics)
+    s = sub.add_parser("stack", help="the embedded local broker and PostgreSQL")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--dir", default=".stack", help="state folder (default .stack)")
+    s.set_defaults(run=_stack)
+    d = sub.add_parser("demo", help="stack + worker + demo load + rollups, end to end")
+    d.add_argument("--count", type=int, default=20_000, help="events to publish")
+    d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    d.set_defaults(run=_demo)
+    b = sub.add_parser("bench", help="throughput and latency benchmark")
+    b.add_argument("--count", type=int, default=60_000, help="events per run")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(run=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    try:
+        return run(args, Settings.from_env())
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

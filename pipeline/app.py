@@ -1,0 +1,220 @@
+"""The Faust app factory: topics, the dedup table, durable-offset seeks, the agent.
+
+The data flow itself is in :func:`_wire_agent` (about 30 lines); everything it
+calls is Faust-free and tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import faust
+from faust.types import TP
+
+from pipeline import sql
+from pipeline.batch import RawMessage
+from pipeline.deadletters import DeadLetterPublisher
+from pipeline.dedup_state import DedupState
+from pipeline.errors import FatalSinkError
+from pipeline.processor import Processor
+from pipeline.settings import Settings
+from pipeline.sink import TRANSIENT_ERRORS, Abandoned, Sink, load_progress
+from pipeline.topics import DEDUP_TABLE
+
+__all__ = ["PipelineApp", "create_app"]
+
+log = logging.getLogger(__name__)
+
+EXIT_FATAL = 70  # EX_SOFTWARE: a supervisor restarts the worker
+
+
+class Runtime:
+    """The worker's connections, opened lazily (Faust seeks before services start)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+        self.dlq = DeadLetterPublisher(settings)
+
+    async def pool(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                s = self.settings
+                self._pool = await asyncpg.create_pool(
+                    s.require_database_url(), min_size=1, max_size=2, command_timeout=60
+                )
+                await self._pool.execute(
+                    sql.UPSERT_CONFIG, s.completeness_grace_seconds, s.partition_idle_seconds
+                )
+            return self._pool
+
+    async def durable_progress(self, deadline_s: float) -> dict[int, tuple[int, int | None]]:
+        """Read PostgreSQL's offsets, retrying transient errors until ``deadline_s``."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline_s
+        while True:
+            try:
+                return await load_progress(await self.pool(), self.settings.events_topic)
+            except TRANSIENT_ERRORS as exc:
+                if loop.time() > until:
+                    raise
+                log.warning("durable offsets unreachable, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        await self.dlq.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+class PipelineApp(faust.App):
+    """A Faust app whose partitions resume at the offsets PostgreSQL holds."""
+
+    runtime: Runtime
+    processor: Processor
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        faust_seek = consumer.perform_seek
+
+        # Faust seeks every assigned partition to its Kafka-committed offset
+        # after each rebalance; PostgreSQL's record must win (DESIGN.md).
+        async def perform_seek() -> None:
+            await faust_seek()
+            await self._seek_to_durable(consumer)
+
+        consumer.perform_seek = perform_seek
+        return consumer
+
+    async def _seek_to_durable(self, consumer: Any) -> None:
+        topic = self.runtime.settings.events_topic
+        tps = [tp for tp in consumer.assignment() if tp.topic == topic]
+        if not tps:
+            return
+        durable = await self.runtime.durable_progress(deadline_s=30.0)
+        for tp in tps:
+            next_offset = durable.get(tp.partition, (0, None))[0]
+            await consumer.seek(tp, next_offset)
+        self.processor.on_assigned([tp.partition for tp in tps], durable)
+        log.info(
+            "seeked to durable offsets",
+            extra={"partitions": {tp.partition: durable.get(tp.partition, (0,))[0] for tp in tps}},
+        )
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        await self.runtime.close()
+
+
+def _faust_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "broker": f"kafka://{settings.kafka_bootstrap_servers}",
+        "store": "memory://",
+        "topic_partitions": settings.events_partitions,
+        "topic_allow_declare": False,  # `python -m pipeline topics` creates them
+        "consumer_auto_offset_reset": "earliest",
+        "datadir": str(Path(settings.data_dir) / f"{settings.app_id}-{os.getpid()}"),
+        "web_enabled": False,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    credentials = _credentials(settings)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
+    if settings.is_tansu:  # measured settings, BROKER_NOTES.md
+        options.update(
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
+            producer_max_batch_size=1,
+        )
+    return options
+
+
+def _credentials(settings: Settings) -> Any:
+    sec = settings.kafka_security
+    kwargs = sec.aiokafka_kwargs()
+    if sec.protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password,
+            mechanism=kwargs["sasl_mechanism"],
+            ssl_context=kwargs.get("ssl_context"),
+        )
+    if sec.protocol == "SSL":
+        return faust.SSLCredentials(kwargs["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings) -> PipelineApp:
+    settings.require_database_url()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    app = PipelineApp(settings.app_id, **_faust_options(settings))
+    app.runtime = Runtime(settings)
+    topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
+    table = app.Table(
+        DEDUP_TABLE,
+        default=None,
+        partitions=settings.events_partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    )
+    dedup = DedupState(table, settings.dedup_capacity)
+    sink = Sink(app.runtime.pool, settings.db_retry_max_seconds)
+    app.processor = Processor(settings, sink, dedup, app.runtime.dlq.publish)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: PipelineApp, revoked: set[TP], **_: Any) -> None:
+        sender.processor.on_revoked(
+            tp.partition for tp in revoked if tp.topic == topic.get_topic_name()
+        )
+
+    _wire_agent(app, topic, settings)
+    return app
+
+
+def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> None:
+    name = settings.events_topic
+
+    @app.agent(topic, name="process-events")
+    async def process_events(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
+            messages = [
+                RawMessage(name, e.message.partition, e.message.offset, e.message.value)
+                for e in events
+            ]
+            abandon = _abandon_check(app, {m.partition for m in messages}, name)
+            try:
+                seeks = await app.processor.handle(messages, abandon)
+            except Abandoned:
+                # take_events acks these anyway; the durable offsets in
+                # PostgreSQL make the next owner re-read them.
+                log.warning("batch abandoned", extra={"messages": len(messages)})
+                continue
+            except FatalSinkError as exc:
+                _die(exc)
+            for partition, offset in seeks.items():
+                await app.consumer.seek(TP(name, partition), offset)
+
+
+def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:
+    def abandon() -> bool:
+        if app.should_stop:
+            return True
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+        return not partitions <= owned
+
+    return abandon
+
+
+def _die(exc: BaseException) -> None:
+    # Exit before take_events' `finally` can ack the batch: nothing of it is
+    # durable, so nothing of it may be committed.
+    log.critical("fatal sink error, exiting", extra={"error": str(exc)})
+    logging.shutdown()
+    os._exit(EXIT_FATAL)

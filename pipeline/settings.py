@@ -1,0 +1,200 @@
+"""One settings object, read once from the environment and passed down.
+
+Library code never reads ``os.environ``: only :meth:`Settings.from_env` does.
+Every variable is documented in the README ("Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from pipeline.errors import ConfigError
+
+__all__ = ["KafkaSecurity", "Settings"]
+
+T = TypeVar("T")
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_PROFILES = ("kafka", "tansu")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """TLS/SASL settings passed to every Kafka client the project creates."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for AIOKafkaProducer/Consumer/AdminClient."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        if self.protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with production-safe defaults."""
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security: KafkaSecurity = KafkaSecurity()
+    # "tansu" applies the measured settings for the local broker (BROKER_NOTES.md):
+    # short session timeout so groups join in seconds, changelog batch size 1.
+    broker_profile: str = "kafka"
+    database_url: str | None = field(default=None, repr=False)
+    events_topic: str = "events"
+    dlq_topic: str = "events.dlq"
+    events_partitions: int = 6
+    app_id: str = "event-pipeline"
+    # Sink batching: a batch is written when it holds batch_max messages or
+    # batch_seconds passed since its first message.
+    batch_max: int = 2000
+    batch_seconds: float = 0.5
+    # Event time: an hour is complete once every active partition's watermark
+    # passed hour end + grace; a partition idle this long stops holding it back.
+    completeness_grace_seconds: int = 300
+    partition_idle_seconds: int = 300
+    # 0 = off: events of any age are stored and counted (the default).
+    max_event_age_seconds: int = 0
+    max_future_seconds: int = 3600
+    max_message_bytes: int = 1_048_576
+    dedup_capacity: int = 2_000_000
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    data_dir: str = ".stack/worker"
+    log_level: str = "WARNING"
+    db_retry_max_seconds: float = 10.0
+
+    @property
+    def is_tansu(self) -> bool:
+        return self.broker_profile == "tansu"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "DATABASE_URL is not set. Point it at PostgreSQL "
+                "(postgresql://user@host:5432/db) or start the local stack with "
+                '`eval "$(python -m pipeline stack up)"`.'
+            )
+        return self.database_url
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default: the process environment)."""
+        e = os.environ if env is None else env
+        d = cls()
+        events_topic = _str(e, "EVENTS_TOPIC", d.events_topic)
+        security = KafkaSecurity(
+            protocol=_choice(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _SECURITY_PROTOCOLS),
+            sasl_mechanism=_opt_choice(e, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS),
+            sasl_username=e.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=e.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=e.get("KAFKA_SSL_CAFILE") or None,
+        )
+        if security.protocol.startswith("SASL") and not security.sasl_username:
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL={security.protocol} needs KAFKA_SASL_USERNAME "
+                "and KAFKA_SASL_PASSWORD."
+            )
+        return cls(
+            kafka_bootstrap_servers=_str(e, "KAFKA_BOOTSTRAP_SERVERS", d.kafka_bootstrap_servers),
+            kafka_security=security,
+            broker_profile=_choice(e, "KAFKA_BROKER_PROFILE", d.broker_profile, _PROFILES),
+            database_url=e.get("DATABASE_URL") or None,
+            events_topic=events_topic,
+            dlq_topic=_str(e, "DLQ_TOPIC", f"{events_topic}.dlq"),
+            events_partitions=_int(e, "EVENTS_PARTITIONS", d.events_partitions, minimum=1),
+            app_id=_str(e, "PIPELINE_APP_ID", d.app_id),
+            batch_max=_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
+            batch_seconds=_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
+            completeness_grace_seconds=_int(
+                e, "COMPLETENESS_GRACE_SECONDS", d.completeness_grace_seconds, minimum=0
+            ),
+            partition_idle_seconds=_int(
+                e, "PARTITION_IDLE_SECONDS", d.partition_idle_seconds, minimum=1
+            ),
+            max_event_age_seconds=_int(e, "MAX_EVENT_AGE_SECONDS", 0, minimum=0),
+            max_future_seconds=_int(e, "MAX_FUTURE_SECONDS", d.max_future_seconds, minimum=0),
+            max_message_bytes=_int(e, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
+            dedup_capacity=_int(e, "DEDUP_CAPACITY", d.dedup_capacity, minimum=0),
+            web_port=_int(e, "WORKER_WEB_PORT", d.web_port, minimum=0),
+            web_host=_str(e, "WORKER_WEB_HOST", d.web_host),
+            data_dir=_str(e, "WORKER_DATA_DIR", d.data_dir),
+            log_level=_choice(
+                e, "LOG_LEVEL", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True
+            ),
+            db_retry_max_seconds=_float(
+                e, "DB_RETRY_MAX_SECONDS", d.db_retry_max_seconds, minimum=0.1
+            ),
+        )
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: T,
+    parse: Callable[[str], T],
+    kind: str,
+    minimum: Any,
+) -> T:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not {kind}; set it to e.g. {default}.") from None
+    if value < minimum:  # type: ignore[operator]
+        raise ConfigError(
+            f"{name}={raw!r} is below the minimum {minimum}; set it to e.g. {default}."
+        )
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    return _number(env, name, default, int, "a whole number", minimum)
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    return _number(env, name, default, float, "a number", minimum)
+
+
+def _choice(
+    env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], upper: bool = False
+) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    value = raw.upper() if upper else raw
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}.")
+    return value
+
+
+def _opt_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    return _choice(env, name, raw, choices, upper=True)

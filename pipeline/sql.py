@@ -1,0 +1,135 @@
+"""Every SQL statement the pipeline runs, in one place.
+
+Bulk statements take column arrays and ``unnest`` them: one round trip per
+statement per batch, whatever the batch size. Times travel as epoch
+microseconds (int8) and become timestamptz here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "INSERT_CHANNEL_USERS",
+    "INSERT_DEAD_LETTERS",
+    "INSERT_RAW_AGENT_EVENTS",
+    "INSERT_RAW_EVENTS",
+    "SELECT_PROGRESS",
+    "UPSERT_AGENT_ROLLUP",
+    "UPSERT_CHANNEL_ROLLUP",
+    "UPSERT_CONFIG",
+    "UPSERT_PROGRESS",
+]
+
+_TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
+
+INSERT_RAW_EVENTS = f"""
+INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
+                        source_topic, source_partition, source_offset)
+SELECT k, n, c, u, {_TS.format("t")}, p::jsonb, $9, sp, so
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
+            $7::int4[], $8::int8[]) AS x(k, n, c, u, t, p, sp, so)
+ORDER BY k
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING dedup_key
+"""
+
+INSERT_RAW_AGENT_EVENTS = f"""
+INSERT INTO raw_agent_events (dedup_key, event_type, occurred_at, tenant_id, workspace_id,
+                              project_id, agent_id, workflow_id, run_id, status, cost_usd,
+                              latency_ms, payload, source_topic, source_partition, source_offset)
+SELECT k, et, {_TS.format("t")}, tn, ws, pr, ag, wf, rn, st, cu, lm, p::jsonb, $16, sp, so
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[],
+            $14::int4[], $15::int8[])
+     AS x(k, et, t, tn, ws, pr, ag, wf, rn, st, cu, lm, p, sp, so)
+ORDER BY k
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING dedup_key
+"""
+
+# Returns, per rollup key, how many users were new to that hour's user set.
+INSERT_CHANNEL_USERS = f"""
+WITH ins AS (
+    INSERT INTO rollup_channel_users (hour, channel, event_name, user_id)
+    SELECT {_TS.format("h")}, c, n, u
+    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) AS x(h, c, n, u)
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING
+    RETURNING hour, channel, event_name
+)
+SELECT (extract(epoch FROM hour) * 1000000)::int8 AS hour_us, channel, event_name,
+       count(*) AS new_users
+FROM ins GROUP BY 1, 2, 3
+"""
+
+UPSERT_CHANNEL_ROLLUP = f"""
+INSERT INTO rollup_channel_hourly AS r (hour, channel, event_name, event_count, unique_users,
+                                        late_events, first_event_at, last_event_at, revised_at)
+SELECT {_TS.format("h")}, c, n, ec, uu, le, {_TS.format("fe")}, {_TS.format("la")},
+       CASE WHEN le > 0 THEN now() END
+FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+            $7::int8[], $8::int8[]) AS x(h, c, n, ec, uu, le, fe, la)
+ORDER BY 1, 2, 3
+ON CONFLICT (hour, channel, event_name) DO UPDATE SET
+    event_count    = r.event_count + EXCLUDED.event_count,
+    unique_users   = r.unique_users + EXCLUDED.unique_users,
+    late_events    = r.late_events + EXCLUDED.late_events,
+    first_event_at = least(r.first_event_at, EXCLUDED.first_event_at),
+    last_event_at  = greatest(r.last_event_at, EXCLUDED.last_event_at),
+    updated_at     = now(),
+    revised_at     = coalesce(EXCLUDED.revised_at, r.revised_at)
+"""
+
+UPSERT_AGENT_ROLLUP = f"""
+INSERT INTO rollup_agent_hourly AS r (hour, tenant_id, workspace_id, project_id, agent_id,
+                                      workflow_id, runs, succeeded, failed, events, cost_usd,
+                                      latency_ms_sum, latency_ms_count, late_events, revised_at)
+SELECT {_TS.format("h")}, tn, ws, pr, ag, wf, ru, su, fa, ev, co, ls, lc, le,
+       CASE WHEN le > 0 THEN now() END
+FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[], $12::float8[],
+            $13::int8[], $14::int8[]) AS x(h, tn, ws, pr, ag, wf, ru, su, fa, ev, co, ls, lc, le)
+ORDER BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id) DO UPDATE SET
+    runs             = r.runs + EXCLUDED.runs,
+    succeeded        = r.succeeded + EXCLUDED.succeeded,
+    failed           = r.failed + EXCLUDED.failed,
+    events           = r.events + EXCLUDED.events,
+    cost_usd         = r.cost_usd + EXCLUDED.cost_usd,
+    latency_ms_sum   = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
+    latency_ms_count = r.latency_ms_count + EXCLUDED.latency_ms_count,
+    late_events      = r.late_events + EXCLUDED.late_events,
+    updated_at       = now(),
+    revised_at       = coalesce(EXCLUDED.revised_at, r.revised_at)
+"""
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (reason, field, detail, raw, source_topic, source_partition,
+                          source_offset, envelope_index)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::int4[],
+                     $7::int8[], $8::int4[])
+ON CONFLICT (source_topic, source_partition, source_offset, envelope_index) DO NOTHING
+"""
+
+# Offsets and watermarks only move forward: a replayed batch cannot pull them back.
+UPSERT_PROGRESS = f"""
+INSERT INTO partition_progress AS p (topic, partition, next_offset, watermark)
+SELECT $1, pa, nx, {_TS.format("wm")}
+FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS x(pa, nx, wm)
+ORDER BY 2
+ON CONFLICT (topic, partition) DO UPDATE SET
+    next_offset = greatest(p.next_offset, EXCLUDED.next_offset),
+    watermark   = greatest(p.watermark, EXCLUDED.watermark),
+    updated_at  = now()
+"""
+
+SELECT_PROGRESS = """
+SELECT partition, next_offset, (extract(epoch FROM watermark) * 1000000)::int8 AS watermark_us
+FROM partition_progress WHERE topic = $1
+"""
+
+UPSERT_CONFIG = """
+INSERT INTO pipeline_config (id, completeness_grace, partition_idle)
+VALUES (true, $1 * interval '1 second', $2 * interval '1 second')
+ON CONFLICT (id) DO UPDATE SET completeness_grace = EXCLUDED.completeness_grace,
+                               partition_idle = EXCLUDED.partition_idle
+"""

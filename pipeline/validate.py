@@ -1,0 +1,179 @@
+"""Validation of decoded events against the published contracts in ``schemas/``.
+
+Hand-written checks, one pass per event, no generic schema interpreter on the
+hot path; ``tests/unit/test_schemas.py`` keeps them in step with the JSON
+Schema files. An object with ``event_version`` is an AI-agent run event, any
+other object a product event. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import orjson
+
+from pipeline.dedup import product_dedup_key
+from pipeline.events import AgentEvent, Invalid, ProductEvent, Source
+from pipeline.timeparse import parse_rfc3339, parse_timestamp
+from pipeline.window import hour_start_us
+
+__all__ = ["MAX_TAGS", "METADATA_MAX_BYTES", "SCHEMA_INVALID", "validate_event"]
+
+SCHEMA_INVALID = "schema_invalid"
+METADATA_MAX_BYTES = 16_384
+MAX_TAGS = 32
+AGENT_VERSIONS = ("v0",)
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(field, detail)
+        self.field = field
+        self.detail = detail
+
+
+def validate_event(
+    obj: dict[str, Any], payload: bytes, source: Source
+) -> ProductEvent | AgentEvent | Invalid:
+    """Check one event object; ``payload`` is its JSON text, kept for the raw table."""
+    if b"\\u0000" in payload:
+        # PostgreSQL text and jsonb cannot hold NUL: refuse it here, not in the sink.
+        return Invalid(SCHEMA_INVALID, "contains a NUL character (\\u0000), which cannot be stored")
+    try:
+        if "event_version" in obj:
+            return _agent_event(obj, payload, source)
+        return _product_event(obj, payload, source)
+    except _Bad as bad:
+        return Invalid(SCHEMA_INVALID, f"{bad.field} {bad.detail}", bad.field)
+
+
+def _text(
+    obj: dict[str, Any], name: str, max_len: int, *, prefix: str = "", required: bool = True
+) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise _Bad(prefix + name, "is required")
+        return None
+    if not isinstance(value, str):
+        raise _Bad(prefix + name, f"must be a string, got {type(value).__name__}")
+    if not 0 < len(value) <= max_len:
+        raise _Bad(prefix + name, f"must be 1 to {max_len} characters, got {len(value)}")
+    return value
+
+
+def _required_text(obj: dict[str, Any], name: str, max_len: int, prefix: str = "") -> str:
+    value = _text(obj, name, max_len, prefix=prefix)
+    assert value is not None  # _text raised otherwise
+    return value
+
+
+def _product_event(obj: dict[str, Any], payload: bytes, source: Source) -> ProductEvent:
+    event_name = _required_text(obj, "event_name", 128)
+    channel = _required_text(obj, "channel", 64)
+    user_id = _required_text(obj, "user_id", 128)
+    if "timestamp" not in obj:
+        raise _Bad("timestamp", "is required")
+    try:
+        ts_us = parse_timestamp(obj["timestamp"])
+    except ValueError as exc:
+        raise _Bad("timestamp", str(exc)) from None
+    event_id = _text(obj, "event_id", 128, required=False)
+    _text(obj, "campaign_id", 128, required=False)
+    _check_tags(obj.get("tags"))
+    _check_metadata(obj.get("metadata"), len(payload))
+    return ProductEvent(
+        dedup_key=product_dedup_key(event_name, user_id, ts_us, event_id),
+        event_name=event_name,
+        channel=channel,
+        user_id=user_id,
+        ts_us=ts_us,
+        hour_us=hour_start_us(ts_us),
+        payload=payload,
+        source=source,
+    )
+
+
+def _check_tags(tags: object) -> None:
+    if tags is None:
+        return
+    if not isinstance(tags, list):
+        raise _Bad("tags", "must be an array of strings")
+    if len(tags) > MAX_TAGS:
+        raise _Bad("tags", f"must hold at most {MAX_TAGS} strings, got {len(tags)}")
+    for i, tag in enumerate(tags):
+        if not isinstance(tag, str) or not 0 < len(tag) <= 128:
+            raise _Bad(f"tags[{i}]", "must be a string of 1 to 128 characters")
+
+
+def _check_metadata(metadata: object, payload_len: int) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise _Bad("metadata", "must be a JSON object")
+    # The whole event is smaller than the limit: no need to serialise metadata.
+    if payload_len > METADATA_MAX_BYTES and len(orjson.dumps(metadata)) > METADATA_MAX_BYTES:
+        raise _Bad("metadata", f"must be at most {METADATA_MAX_BYTES} bytes of JSON")
+
+
+def _section(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    value = obj.get(name)
+    if not isinstance(value, dict):
+        raise _Bad(name, "is required" if value is None else "must be a JSON object")
+    return value
+
+
+def _number(obj: dict[str, Any], name: str, prefix: str) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Bad(prefix + name, "must be a number")
+    if value < 0:
+        raise _Bad(prefix + name, "must not be negative")
+    return float(value)
+
+
+def _agent_event(obj: dict[str, Any], payload: bytes, source: Source) -> AgentEvent:
+    version = obj.get("event_version")
+    if version not in AGENT_VERSIONS:
+        raise _Bad("event_version", f"must be one of {', '.join(AGENT_VERSIONS)}, got {version!r}")
+    event_id = _required_text(obj, "event_id", 36)
+    try:
+        uuid.UUID(event_id)
+    except ValueError:
+        raise _Bad("event_id", "must be a UUID") from None
+    event_type = _required_text(obj, "event_type", 64)
+    occurred_at = obj.get("occurred_at")
+    if not isinstance(occurred_at, str):
+        raise _Bad(
+            "occurred_at", "is required" if occurred_at is None else "must be an RFC 3339 string"
+        )
+    try:
+        ts_us = parse_rfc3339(occurred_at)
+    except ValueError as exc:
+        raise _Bad("occurred_at", str(exc)) from None
+    tenant = _section(obj, "tenant")
+    run = _section(obj, "run")
+    trace = _section(obj, "trace")
+    _required_text(trace, "trace_id", 128, "trace.")
+    _required_text(trace, "span_id", 128, "trace.")
+    return AgentEvent(
+        dedup_key=event_id.lower(),
+        event_type=event_type,
+        ts_us=ts_us,
+        hour_us=hour_start_us(ts_us),
+        tenant_id=_required_text(tenant, "tenant_id", 128, "tenant."),
+        workspace_id=_required_text(tenant, "workspace_id", 128, "tenant."),
+        project_id=_required_text(tenant, "project_id", 128, "tenant."),
+        agent_id=_required_text(run, "agent_id", 128, "run."),
+        workflow_id=_required_text(run, "workflow_id", 128, "run."),
+        run_id=_required_text(run, "run_id", 128, "run."),
+        status=_required_text(run, "status", 64, "run."),
+        cost_usd=_number(run, "cost_usd", "run."),
+        latency_ms=_number(run, "latency_ms", "run."),
+        payload=payload,
+        source=source,
+    )

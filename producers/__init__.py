@@ -1,0 +1,1 @@
+"""Producers: the publisher library, the load generator and (later) the HTTP gateway."""

@@ -1,0 +1,176 @@
+"""Offline checks of docker-compose.yml and the Dockerfile (no Docker engine needed).
+
+``docker-compose config`` (Debian's docker-compose 1.29) validates the compose file
+against the Compose Specification and prints it normalised; the test reads that
+output. A missing docker-compose is a failure, not a skip: the file would go
+unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICES = {"kafka", "postgres", "migrate", "worker", "gateway", "loadgen"}
+INSTALL_HINT = (
+    "docker-compose is not installed, so docker-compose.yml cannot be validated. "
+    "Install it (Debian package, v1.29, needs no Docker engine) with: "
+    "apt-get update && apt-get install -y docker-compose"
+)
+
+Path_ = tuple[str, ...]
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    # COMPOSE_* variables of the caller's shell must not change what is validated.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    return subprocess.run(
+        [exe, "-f", str(COMPOSE_FILE), *args],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _outline(text: str) -> dict[Path_, str | None]:
+    """Index the mapping keys of block-style YAML by path.
+
+    ``{("services", "worker", "healthcheck"): None, ("services", "worker",
+    "restart"): "unless-stopped", ...}``: a key holding a block maps to None, a
+    key holding a scalar maps to the unquoted scalar. Sequences are not entered
+    (their items belong to the key above them). Enough for the normalised
+    output of ``docker-compose config``; PyYAML is not a project dependency.
+    """
+    index: dict[Path_, str | None] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key) of the open mappings
+    seq_indent: int | None = None  # inside a sequence whose "- " items sit here
+    key_re = re.compile(r"""^([A-Za-z0-9_.\-]+|'[^']*'|"[^"]*"):(?: +(.*))?$""")
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        is_item = stripped == "-" or stripped.startswith("- ")
+        if seq_indent is not None:
+            if indent > seq_indent or (indent == seq_indent and is_item):
+                continue
+            seq_indent = None
+        if is_item:
+            seq_indent = indent
+            continue
+        match = key_re.match(stripped)
+        if match is None:
+            continue  # continuation line of a wrapped scalar
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = match.group(1).strip("'\"")
+        value = match.group(2)
+        path = tuple(k for _, k in stack) + (key,)
+        if value is None or value == "":
+            index[path] = None
+            stack.append((indent, key))
+        else:
+            index[path] = value.strip().strip("'\"")
+    return index
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[Path_, str | None]:
+    result = _compose("config")
+    assert result.returncode == 0, (
+        f"docker-compose config failed (exit {result.returncode}):\n{result.stderr}"
+    )
+    unset = [ln for ln in result.stderr.splitlines() if "variable is not set" in ln]
+    assert not unset, "every ${VAR} in docker-compose.yml needs a default:\n" + "\n".join(unset)
+    return _outline(result.stdout)
+
+
+def svc(name: str, *rest: str) -> Path_:
+    return ("services", name, *rest)
+
+
+def _services(config: dict[Path_, str | None]) -> set[str]:
+    return {p[1] for p in config if len(p) == 2 and p[0] == "services"}
+
+
+def test_compose_file_validates_and_defines_the_stack(
+    config: dict[Path_, str | None],
+) -> None:
+    # The outline agrees with docker-compose's own list of services.
+    listed = _compose("config", "--services")
+    assert listed.returncode == 0, listed.stderr
+    assert set(listed.stdout.split()) == _services(config)
+    assert _services(config) >= SERVICES, f"missing services: {SERVICES - _services(config)}"
+
+    volumes = _compose("config", "--volumes")
+    assert volumes.returncode == 0, volumes.stderr
+    assert {"kafka-data", "postgres-data"} <= set(volumes.stdout.split())
+
+    # The worker scales: no fixed container name, no host port.
+    assert svc("worker", "container_name") not in config
+    assert svc("worker", "ports") not in config
+    for name in ("worker", "postgres", "kafka", "gateway"):
+        assert svc(name, "healthcheck", "test") in config, f"{name} has no healthcheck"
+
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        assert config.get(svc("worker", "environment", var)), f"worker lacks {var}"
+    assert config[svc("worker", "environment", "KAFKA_BOOTSTRAP_SERVERS")] == "kafka:9092"
+    assert config[svc("worker", "environment", "WORKER_WEB_HOST")] == "0.0.0.0"
+
+    # Start order: databases healthy -> one-shot migrate -> workers.
+    assert config.get(svc("migrate", "restart")) == "no"
+    for dep in ("postgres", "kafka"):
+        assert config.get(svc("migrate", "depends_on", dep, "condition")) == "service_healthy"
+    assert (
+        config.get(svc("worker", "depends_on", "migrate", "condition"))
+        == "service_completed_successfully"
+    )
+    assert config.get(svc("gateway", "depends_on", "kafka", "condition")) == "service_healthy"
+    assert svc("gateway", "ports") in config
+
+    # The load generator runs only on request.
+    assert svc("loadgen", "profiles") in config
+    profiles = _compose("config", "--profiles")
+    assert profiles.returncode == 0, profiles.stderr
+    assert "load" in profiles.stdout.split()
+
+
+def test_dockerfile_runs_the_pipeline() -> None:
+    assert DOCKERFILE.is_file(), f"{DOCKERFILE} is missing"
+    text = DOCKERFILE.read_text()
+    # Join continuation lines, drop comments.
+    lines = [
+        ln.strip()
+        for ln in re.sub(r"\\\n", " ", text).splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
+    assert any(re.match(r"FROM\s+python:3\.11-slim\b", ln, re.IGNORECASE) for ln in lines)
+    assert any("pip install --no-cache-dir ." in ln for ln in lines)
+
+    commands = []
+    for ln in lines:
+        m = re.match(r"(CMD|ENTRYPOINT)\s+(.*)$", ln, re.IGNORECASE)
+        if m:
+            arg = m.group(2).strip()
+            words = json.loads(arg) if arg.startswith("[") else arg.split()
+            commands.append(" ".join(words))
+    assert commands, "the Dockerfile has no CMD or ENTRYPOINT"
+    assert any(re.search(r"\bpython3? -m pipeline\b", c) for c in commands), commands
+
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored, ".dockerignore must keep .venv and .git out"
