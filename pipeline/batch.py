@@ -65,9 +65,12 @@ def plan_batch(
 ) -> BatchPlan:
     """Plan the writes for ``messages`` (all from one topic).
 
-    ``watermarks`` are the durable per-partition watermarks before this batch:
-    an event whose hour was already complete there is marked ``late``.
-    ``seen`` answers whether a dedup key is known to be stored already.
+    ``watermarks`` are the durable per-partition watermarks before this batch.
+    An event is ``late`` when its hour was already complete by the watermark
+    of the valid events before it in its partition (duplicates included), so
+    the flag depends only on partition order, never on batching, crashes or
+    what the dedup state remembers. ``seen`` answers whether a dedup key is
+    known to be stored already.
     """
     plan = BatchPlan(topic=messages[0].topic if messages else "")
     candidates: list[Event] = []
@@ -81,13 +84,14 @@ def plan_batch(
                     result.ts_us, now_us, limits.max_event_age_s, limits.max_future_s
                 )
                 if reason is None:
+                    _advance_watermark(plan.progress[msg.partition], result, limits.grace_s)
                     candidates.append(result)
                     continue
                 result = Invalid(reason, _time_detail(reason, limits), _time_field(result))
             plan.dead.append(DeadLetter(result.reason, result.detail, result.field, raw, source))
     kept, plan.duplicates = first_of_each_key(candidates, state_key, seen)
     for event in kept:
-        _place(plan, event, watermarks, limits.grace_s)
+        (plan.products if isinstance(event, ProductEvent) else plan.agents).append(event)  # type: ignore[arg-type]
     return plan
 
 
@@ -106,18 +110,10 @@ def _track_offset(plan: BatchPlan, msg: RawMessage, watermarks: Mapping[int, int
     progress.messages += 1
 
 
-def _place(
-    plan: BatchPlan, event: Event, watermarks: Mapping[int, int | None], grace_s: int
-) -> None:
-    partition = event.source.partition
-    event.late = is_revision(event.ts_us, watermarks.get(partition), grace_s)
-    progress = plan.progress[partition]
+def _advance_watermark(progress: PartitionProgress, event: Event, grace_s: int) -> None:
+    event.late = is_revision(event.ts_us, progress.watermark_us, grace_s)
     if progress.watermark_us is None or event.ts_us > progress.watermark_us:
         progress.watermark_us = event.ts_us
-    if isinstance(event, ProductEvent):
-        plan.products.append(event)
-    else:
-        plan.agents.append(event)
 
 
 def _time_field(event: Event) -> str:

@@ -133,3 +133,70 @@ VALUES (true, $1 * interval '1 second', $2 * interval '1 second')
 ON CONFLICT (id) DO UPDATE SET completeness_grace = EXCLUDED.completeness_grace,
                                partition_idle = EXCLUDED.partition_idle
 """
+
+# --- Reconciliation: rollups against the raw tables (tests, demo, operators) ---
+
+_UTC_HOUR = "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+
+CHANNEL_ROLLUP_MISMATCHES = f"""
+WITH raw AS (
+    SELECT {_UTC_HOUR} AS hour, channel, event_name,
+           count(*) AS event_count, count(DISTINCT user_id) AS unique_users
+    FROM raw_events GROUP BY 1, 2, 3
+)
+SELECT hour, channel, event_name,
+       r.event_count AS rollup_count, raw.event_count AS raw_count,
+       r.unique_users AS rollup_users, raw.unique_users AS raw_users
+FROM rollup_channel_hourly r FULL JOIN raw USING (hour, channel, event_name)
+WHERE r.event_count IS DISTINCT FROM raw.event_count
+   OR r.unique_users IS DISTINCT FROM raw.unique_users
+ORDER BY 1, 2, 3
+"""
+
+AGENT_ROLLUP_MISMATCHES = f"""
+WITH raw AS (
+    SELECT {_UTC_HOUR} AS hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+           count(*) FILTER (WHERE event_type = 'run.started') AS runs,
+           count(*) FILTER (WHERE event_type = 'run.completed') AS succeeded,
+           count(*) FILTER (WHERE event_type = 'run.failed') AS failed,
+           count(*) AS events,
+           coalesce(sum(cost_usd), 0) AS cost_usd,
+           coalesce(sum(latency_ms), 0) AS latency_ms_sum,
+           count(latency_ms) AS latency_ms_count
+    FROM raw_agent_events GROUP BY 1, 2, 3, 4, 5, 6
+)
+SELECT hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+       r.runs, raw.runs AS raw_runs, r.events, raw.events AS raw_events
+FROM rollup_agent_hourly r
+FULL JOIN raw USING (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id)
+WHERE r.runs IS DISTINCT FROM raw.runs OR r.succeeded IS DISTINCT FROM raw.succeeded
+   OR r.failed IS DISTINCT FROM raw.failed OR r.events IS DISTINCT FROM raw.events
+   OR r.latency_ms_count IS DISTINCT FROM raw.latency_ms_count
+   OR abs(r.cost_usd - raw.cost_usd) > 1e-6 OR abs(r.latency_ms_sum - raw.latency_ms_sum) > 1e-6
+   OR r.hour IS NULL OR raw.hour IS NULL
+ORDER BY 1, 2, 3, 4, 5, 6
+"""
+
+CHANNEL_ROLLUPS = """
+SELECT hour, channel, event_name, event_count, unique_users, late_events
+FROM rollup_channel_hourly ORDER BY 1, 2, 3
+"""
+
+AGENT_ROLLUPS = """
+SELECT hour, tenant_id, workspace_id, project_id, agent_id, workflow_id, runs, succeeded, failed,
+       events, cost_usd, latency_ms_sum, latency_ms_count, late_events
+FROM rollup_agent_hourly ORDER BY 1, 2, 3, 4, 5, 6
+"""
+
+TOTALS = """
+SELECT (SELECT count(*) FROM raw_events) AS product_events,
+       (SELECT count(*) FROM raw_agent_events) AS agent_events,
+       (SELECT coalesce(sum(late_events), 0) FROM rollup_channel_hourly)
+     + (SELECT coalesce(sum(late_events), 0) FROM rollup_agent_hourly) AS late_events
+"""
+
+DEAD_LETTER_COUNTS = "SELECT reason, count(*) AS n FROM dead_letters GROUP BY 1 ORDER BY 1"
+
+HOUR_COMPLETENESS = """
+SELECT hour, complete, events, late_events, revised FROM hour_completeness ORDER BY hour
+"""

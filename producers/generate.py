@@ -231,6 +231,13 @@ def _spell_time(rng: random.Random, ts: float, force_other: Any = None) -> Any:
 _IST = timezone(timedelta(hours=5, minutes=30))
 
 
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _public(e: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in e.items() if not k.startswith("_")}
 
@@ -265,10 +272,12 @@ def build_workload(opts: LoadOptions, partitions: int, chunk: int = 2_000) -> Wo
         (late if is_late else stream).append(("event", e))
     # Events arrive roughly in time order, as from real services.
     stream.sort(key=lambda item: item[1]["_ts"])
-    on_time = len(stream)
     for _ in range(n_dup):
-        original = w.unique[rng.randrange(max(on_time, 1))]
-        stream.insert(rng.randrange(len(stream) + 1), ("event", maker.duplicate_of(original)))
+        # A copy arrives after its original (a retry), never before it.
+        i = rng.randrange(len(stream))
+        stream.insert(
+            rng.randrange(i + 1, len(stream) + 1), ("event", maker.duplicate_of(stream[i][1]))
+        )
     for _ in range(n_invalid):
         reason, raw = maker.invalid()
         w.invalid[reason] += 1
@@ -287,10 +296,14 @@ def _to_messages(
     items: list[tuple[str, Any]], envelope_size: int, partitions: int
 ) -> list[Message]:
     out: list[Message] = []
-    groups: dict[int, list[tuple[bytes, dict[str, Any]]]] = defaultdict(list)
+    groups: dict[int, list[tuple[bytes, Any]]] = defaultdict(list)
     for kind, item in items:
         if kind == "raw":
-            out.append(Message(None, item))
+            element = _json_or_none(item) if envelope_size > 1 else None
+            if element is None:
+                out.append(Message(None, item))
+            else:  # an invalid element inside an envelope is judged on its own
+                groups[partition_for(item, partitions)].append((b"", element))
             continue
         event = _public(item)
         key = (event_key(event) or "").encode()
@@ -302,7 +315,8 @@ def _to_messages(
         for start in range(0, len(members), envelope_size):
             chunk = members[start : start + envelope_size]
             value = orjson.dumps([e for _, e in chunk])
-            out.append(Message(chunk[0][0], value, len(chunk), partition))
+            key = next((k for k, _ in chunk if k), b"")
+            out.append(Message(key, value, len(chunk), partition))
     return out
 
 
