@@ -73,9 +73,8 @@ async def generate(
 def _print_summary(s: dict[str, Any]) -> None:
     dead = ", ".join(f"{k} {v}" for k, v in sorted(s["dead_letters"].items())) or "none"
     print(f"sent {s['sent_events']} events in {s['sent_messages']} messages to {s['topic']}")
-    print(
-        f"  unique valid   {s['unique_events']} ({s['product_events']} product, {s['agent_events']} agent)"
-    )
+    kinds = f"{s['product_events']} product, {s['agent_events']} agent"
+    print(f"  unique valid   {s['unique_events']} ({kinds})")
     print(f"  duplicates     {s['duplicates']}")
     print(f"  invalid        {sum(s['dead_letters'].values())} ({dead})")
     print(f"  rollup rows    {len(s['channel_rollups'])} channel, {len(s['agent_rollups'])} agent")

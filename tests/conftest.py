@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,8 +23,9 @@ import asyncpg
 import pytest
 
 from pipeline.migrate import apply_migrations
+from pipeline.runner import start_worker
 from pipeline.settings import Settings
-from pipeline.stack import start_broker, stop_pid
+from pipeline.stack import start_broker, start_embedded_postgres, stop_pid
 from pipeline.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,19 +56,48 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_pid(proc.pid, sig=signal.SIGKILL)
 
 
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    """A new, migrated database; its DSN."""
-    name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN)
-    except (OSError, asyncpg.PostgresError) as exc:
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server where tests may create databases.
+
+    TEST_DATABASE_URL or the machine's PostgreSQL; on a developer machine
+    without one, a private embedded server. In CI a missing server fails.
+    """
+    if _reachable(ADMIN_DSN):
+        yield ADMIN_DSN
+        return
+    if os.environ.get("CI") or "TEST_DATABASE_URL" in os.environ:
         pytest.fail(
-            f"PostgreSQL is not reachable at {ADMIN_DSN} ({exc}). Start it, or set "
+            f"PostgreSQL is not reachable at {ADMIN_DSN}. Start it, or set "
             "TEST_DATABASE_URL to a server where the tests may create databases."
         )
+    data = tmp_path_factory.mktemp("pg") / "pgdata"
+    dsn, pid = start_embedded_postgres(data)
+    try:
+        yield dsn
+    finally:
+        stop_pid(pid, sig=signal.SIGINT)
+
+
+def _reachable(dsn: str) -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+@pytest.fixture
+async def database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, migrated database; its DSN."""
+    name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(ADMIN_DSN, name)
+    dsn = _with_database(admin_dsn, name)
     try:
         await apply_migrations(dsn)
         yield dsn
@@ -96,25 +125,10 @@ async def settings(broker: str, database: str, tmp_path: Path) -> Settings:
         app_id=f"pipeline-{tag}",
         data_dir=str(tmp_path / "worker"),
         batch_seconds=0.2,
+        log_level="INFO",
     )
     await ensure_topics(s)
     return s
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "KAFKA_BROKER_PROFILE": s.broker_profile,
-        "DATABASE_URL": s.database_url or "",
-        "EVENTS_TOPIC": s.events_topic,
-        "DLQ_TOPIC": s.dlq_topic,
-        "EVENTS_PARTITIONS": str(s.events_partitions),
-        "PIPELINE_APP_ID": s.app_id,
-        "WORKER_DATA_DIR": s.data_dir,
-        "SINK_BATCH_SECONDS": str(s.batch_seconds),
-        "SINK_BATCH_MAX": str(s.batch_max),
-        "LOG_LEVEL": "INFO",
-    }
 
 
 @dataclass
@@ -142,16 +156,7 @@ class Workers:
 
     def start(self, **env: str) -> WorkerProcess:
         log = self.tmp / f"worker-{len(self.started)}.log"
-        full_env = {**os.environ, **settings_env(self.settings), **env}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "worker"],
-                cwd=REPO,
-                env=full_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        w = WorkerProcess(proc, log)
+        w = WorkerProcess(start_worker(self.settings, log, **env), log)
         self.started.append(w)
         return w
 

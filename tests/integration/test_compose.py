@@ -80,7 +80,7 @@ def _outline(text: str) -> dict[Path_, str | None]:
             stack.pop()
         key = match.group(1).strip("'\"")
         value = match.group(2)
-        path = tuple(k for _, k in stack) + (key,)
+        path = (*tuple(k for _, k in stack), key)
         if value is None or value == "":
             index[path] = None
             stack.append((indent, key))

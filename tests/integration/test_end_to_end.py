@@ -119,7 +119,8 @@ async def test_load_of_envelopes_with_invalid_elements(
     conn = await asyncpg.connect(dsn)
     try:
         in_envelopes = await conn.fetchval(
-            "SELECT count(*) FROM dead_letters WHERE envelope_index >= 0 AND reason = 'schema_invalid'"
+            "SELECT count(*) FROM dead_letters"
+            " WHERE envelope_index >= 0 AND reason = 'schema_invalid'"
         )
     finally:
         await conn.close()

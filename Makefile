@@ -1,0 +1,45 @@
+# Two commands for a fresh machine (only Python 3.11 needed): `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: setup demo test unit lint bench tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+## demo: embedded broker + PostgreSQL, a worker, a demo load, rollups and a reconciliation
+demo: setup
+	$(BIN)/python -m pipeline demo
+
+## tools: system tools the suite uses (docker-compose validates the compose file offline)
+tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null; \
+	  else echo "docker-compose is missing: install it (apt-get install docker-compose)"; fi; }
+
+## test: lint + the whole suite (unit, integration, chaos); starts what it needs
+test: setup tools lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m pipeline bench
+
+clean:
+	-$(BIN)/python -m pipeline stack down 2>/dev/null
+	rm -rf .stack .pytest_cache

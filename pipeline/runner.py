@@ -1,0 +1,56 @@
+"""Run worker processes from Python: the demo, the benchmark and the tests use this.
+
+A worker is configured only through the environment (as in production), so
+``worker_env`` turns a Settings object back into the variables it was read from.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.settings import Settings
+
+__all__ = ["worker_env", "start_worker", "stop_worker"]
+
+
+def worker_env(s: Settings) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "KAFKA_BROKER_PROFILE": s.broker_profile,
+        "DATABASE_URL": s.require_database_url(),
+        "EVENTS_TOPIC": s.events_topic,
+        "DLQ_TOPIC": s.dlq_topic,
+        "EVENTS_PARTITIONS": str(s.events_partitions),
+        "PIPELINE_APP_ID": s.app_id,
+        "WORKER_DATA_DIR": s.data_dir,
+        "SINK_BATCH_SECONDS": str(s.batch_seconds),
+        "SINK_BATCH_MAX": str(s.batch_max),
+        "LOG_LEVEL": s.log_level,
+    }
+
+
+def start_worker(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **worker_env(settings), **extra_env}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "worker"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM (graceful: the batch in hand is finished), SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
