@@ -90,7 +90,7 @@ class PipelineApp(faust.App):
             await faust_seek()
             await self._seek_to_durable(consumer)
 
-        consumer.perform_seek = perform_seek
+        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
         return consumer
 
     async def _seek_to_durable(self, consumer: Any) -> None:
@@ -168,7 +168,7 @@ def create_app(settings: Settings) -> PipelineApp:
     sink = Sink(app.runtime.pool, settings.db_retry_max_seconds)
     app.processor = Processor(settings, sink, dedup, app.runtime.dlq.publish)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: PipelineApp, revoked: set[TP], **_: Any) -> None:
         sender.processor.on_revoked(
             tp.partition for tp in revoked if tp.topic == topic.get_topic_name()
@@ -181,8 +181,8 @@ def create_app(settings: Settings) -> PipelineApp:
 def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> None:
     name = settings.events_topic
 
-    @app.agent(topic, name="process-events")
-    async def process_events(stream: faust.StreamT) -> None:
+    @app.agent(topic, name="process-events")  # type: ignore[arg-type]
+    async def process_events(stream: faust.Stream[bytes]) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
             messages = [
                 RawMessage(name, e.message.partition, e.message.offset, e.message.value)

@@ -286,7 +286,7 @@ async def _naive_one(conn: asyncpg.Connection, topic: str, m: Any) -> None:
 def _report(results: list[Result], as_json: bool) -> None:
     naive = next((r for r in results if r.scenario.startswith("naive")), None)
     if as_json:
-        payload = {"results": [asdict(r) for r in results]}
+        payload: dict[str, Any] = {"results": [asdict(r) for r in results]}
         if naive:
             payload["ratio_to_naive"] = {
                 r.scenario: round(r.events_per_s / naive.events_per_s, 1) for r in results

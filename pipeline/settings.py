@@ -166,7 +166,7 @@ def _number(
         value = parse(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not {kind}; set it to e.g. {default}.") from None
-    if value < minimum:  # type: ignore[operator]
+    if value < minimum:
         raise ConfigError(
             f"{name}={raw!r} is below the minimum {minimum}; set it to e.g. {default}."
         )

@@ -9,7 +9,7 @@ other object a product event. Pure: no I/O.
 from __future__ import annotations
 
 import math
-import uuid
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +27,11 @@ MAX_TAGS = 32
 AGENT_VERSIONS = ("v0",)
 
 
+# \u0000 preceded by an even number of backslashes: an escaped NUL, not the text "\u0000".
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
 class _Bad(Exception):
     def __init__(self, field: str, detail: str) -> None:
         super().__init__(field, detail)
@@ -38,7 +43,7 @@ def validate_event(
     obj: dict[str, Any], payload: bytes, source: Source
 ) -> ProductEvent | AgentEvent | Invalid:
     """Check one event object; ``payload`` is its JSON text, kept for the raw table."""
-    if b"\\u0000" in payload:
+    if b"\\u0000" in payload and _NUL.search(payload):
         # PostgreSQL text and jsonb cannot hold NUL: refuse it here, not in the sink.
         return Invalid(SCHEMA_INVALID, "contains a NUL character (\\u0000), which cannot be stored")
     try:
@@ -113,8 +118,9 @@ def _check_metadata(metadata: object, payload_len: int) -> None:
         return
     if not isinstance(metadata, dict):
         raise _Bad("metadata", "must be a JSON object")
-    # The whole event is smaller than the limit: no need to serialise metadata.
-    if payload_len > METADATA_MAX_BYTES and len(orjson.dumps(metadata)) > METADATA_MAX_BYTES:
+    # Measured on one canonical serialisation, so a single message and an
+    # envelope element (re-serialised) get the same verdict.
+    if metadata and len(orjson.dumps(metadata)) > METADATA_MAX_BYTES:
         raise _Bad("metadata", f"must be at most {METADATA_MAX_BYTES} bytes of JSON")
 
 
@@ -141,10 +147,8 @@ def _agent_event(obj: dict[str, Any], payload: bytes, source: Source) -> AgentEv
     if version not in AGENT_VERSIONS:
         raise _Bad("event_version", f"must be one of {', '.join(AGENT_VERSIONS)}, got {version!r}")
     event_id = _required_text(obj, "event_id", 36)
-    try:
-        uuid.UUID(event_id)
-    except ValueError:
-        raise _Bad("event_id", "must be a UUID") from None
+    if not _UUID.match(event_id):
+        raise _Bad("event_id", "must be a UUID such as 0b9f3c3e-8d0c-4f5e-9a7e-2f1d1c0b9a8e")
     event_type = _required_text(obj, "event_type", 64)
     occurred_at = obj.get("occurred_at")
     if not isinstance(occurred_at, str):

@@ -34,7 +34,7 @@ MAX_BATCH_BYTES = 1_000_000
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 @dataclass
