@@ -21,13 +21,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from pipeline.app import create_app
+    from pipeline.health import HealthServer
     from pipeline.logs import logging_config
 
     if args.web_port is not None:
         settings = settings.with_overrides(web_port=args.web_port)
     app = create_app(settings)
+    health = HealthServer(app, settings.web_host, settings.web_port, settings.stuck_after_seconds)
     worker = faust.Worker(
         app,
+        health,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level),
         redirect_stdouts=False,
@@ -74,6 +77,32 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return run_bench(settings, count=args.count, as_json=args.json)
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.status import run_status
+
+    return run_status(settings, as_json=args.json)
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.maintenance import parse_hour, rebuild_rollups
+
+    start, end = parse_hour(args.start, "--from"), parse_hour(args.end, "--to")
+    r = asyncio.run(rebuild_rollups(settings.require_database_url(), start, end))
+    print(
+        f"rebuilt {r.channel_rows} channel and {r.agent_rows} agent rollup rows "
+        f"for {r.start.isoformat()} .. {r.end.isoformat()}"
+    )
+    return 0
+
+
+def _retention(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.maintenance import apply_retention
+
+    deleted = asyncio.run(apply_retention(settings.require_database_url(), args.days))
+    print(", ".join(f"{table}: {n} deleted" for table, n in deleted.items()))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -86,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["up", "down", "status"])
     s.add_argument("--dir", default=".stack", help="state folder (default .stack)")
     s.set_defaults(run=_stack)
+    st = sub.add_parser("status", help="consumer group, lag per partition, complete hours")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(run=_status)
+    rb = sub.add_parser("rebuild-rollups", help="recompute rollups of [--from, --to) from raw")
+    rb.add_argument("--from", dest="start", required=True, help="RFC 3339 or unix seconds")
+    rb.add_argument("--to", dest="end", required=True, help="exclusive; RFC 3339 or unix seconds")
+    rb.set_defaults(run=_rebuild)
+    rt = sub.add_parser("retention", help="delete raw events and dead letters older than N days")
+    rt.add_argument("--days", type=int, required=True)
+    rt.set_defaults(run=_retention)
     d = sub.add_parser("demo", help="stack + worker + demo load + rollups, end to end")
     d.add_argument("--count", type=int, default=20_000, help="events to publish")
     d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")

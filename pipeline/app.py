@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -81,32 +81,37 @@ class PipelineApp(faust.App):
     processor: Processor
 
     def _new_consumer(self) -> Any:
-        consumer = super()._new_consumer()
-        faust_seek = consumer.perform_seek
+        consumer: Any = super()._new_consumer()
+        kafka_committed = consumer.seek_to_committed
 
-        # Faust seeks every assigned partition to its Kafka-committed offset
-        # after each rebalance; PostgreSQL's record must win (DESIGN.md).
-        async def perform_seek() -> None:
-            await faust_seek()
-            await self._seek_to_durable(consumer)
+        # After each rebalance Faust seeks every partition to its Kafka-committed
+        # offset and reads from there (perform_seek). PostgreSQL's record must win
+        # (DESIGN.md), so the seek answers with the durable offsets instead: Faust
+        # then sets its own read positions from them, even when two perform_seek
+        # calls interleave.
+        async def seek_to_committed() -> dict[TP, int]:
+            offsets = dict(await kafka_committed())
+            offsets.update(await self._seek_to_durable(consumer))
+            return offsets
 
-        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+        consumer.seek_to_committed = seek_to_committed
         return consumer
 
-    async def _seek_to_durable(self, consumer: Any) -> None:
+    async def _seek_to_durable(self, consumer: Any) -> dict[TP, int]:
         topic = self.runtime.settings.events_topic
         tps = [tp for tp in consumer.assignment() if tp.topic == topic]
         if not tps:
-            return
-        durable = await self.runtime.durable_progress(deadline_s=30.0)
-        for tp in tps:
-            next_offset = durable.get(tp.partition, (0, None))[0]
-            await consumer.seek(tp, next_offset)
+            return {}
+        durable = await self.runtime.durable_progress(deadline_s=60.0)
+        offsets = {tp: durable.get(tp.partition, (0, None))[0] for tp in tps}
+        for tp, offset in offsets.items():
+            await consumer._seek(tp, offset)  # the position; Faust sets its read offset
         self.processor.on_assigned([tp.partition for tp in tps], durable)
         log.info(
-            "seeked to durable offsets",
-            extra={"partitions": {tp.partition: durable.get(tp.partition, (0,))[0] for tp in tps}},
+            "seeking to durable offsets",
+            extra={"partitions": {tp.partition: o for tp, o in offsets.items()}},
         )
+        return offsets
 
     async def on_stop(self) -> None:
         await super().on_stop()
@@ -199,7 +204,18 @@ def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> No
             except FatalSinkError as exc:
                 _die(exc)
             for partition, offset in seeks.items():
-                await app.consumer.seek(TP(name, partition), offset)
+                # Not awaited here: the consumer thread may be waiting for this
+                # agent to drain its buffer, and the agent must not wait for it.
+                _background(app.consumer.seek(TP(name, partition), offset))
+
+
+_pending: set[asyncio.Future[Any]] = set()
+
+
+def _background(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

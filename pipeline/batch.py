@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pipeline.codec import decode_message
 from pipeline.dedup import first_of_each_key
 from pipeline.events import AgentEvent, DeadLetter, Event, Invalid, ProductEvent, Source
-from pipeline.validate import validate_event
+from pipeline.validate import job_of, validate_event
 from pipeline.window import is_revision, time_verdict
 
 __all__ = ["BatchPlan", "Limits", "PartitionProgress", "RawMessage", "plan_batch", "state_key"]
@@ -40,6 +40,7 @@ class PartitionProgress:
     next_offset: int
     watermark_us: int | None
     messages: int = 0
+    contiguous: bool = True  # no offset skipped between first_offset and next_offset
 
 
 @dataclass(slots=True)
@@ -49,6 +50,8 @@ class BatchPlan:
     agents: list[AgentEvent] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0  # dropped before the sink: in-batch copies and keys already seen
+    # (job_id, seq, outcome) of ingestion-job events decided before the sink
+    job_outcomes: list[tuple[str, int, str]] = field(default_factory=list)
     progress: dict[int, PartitionProgress] = field(default_factory=dict)
 
     @property
@@ -88,8 +91,15 @@ def plan_batch(
                     candidates.append(result)
                     continue
                 result = Invalid(reason, _time_detail(reason, limits), _time_field(result))
+            job = job_of(item) if isinstance(item, dict) else None
+            if job is not None:  # its ingestion job must still count it
+                plan.job_outcomes.append((*job, "dead_lettered"))
             plan.dead.append(DeadLetter(result.reason, result.detail, result.field, raw, source))
-    kept, plan.duplicates = first_of_each_key(candidates, state_key, seen)
+    kept, dropped = first_of_each_key(candidates, state_key, seen)
+    plan.duplicates = len(dropped)
+    plan.job_outcomes.extend(
+        (e.job[0], e.job[1], "duplicate") for e in dropped if isinstance(e, ProductEvent) and e.job
+    )
     for event in kept:
         (plan.products if isinstance(event, ProductEvent) else plan.agents).append(event)  # type: ignore[arg-type]
     return plan
@@ -106,6 +116,8 @@ def _track_offset(plan: BatchPlan, msg: RawMessage, watermarks: Mapping[int, int
     if progress is None:
         progress = PartitionProgress(msg.offset + 1, watermarks.get(msg.partition))
         plan.progress[msg.partition] = progress
+    elif msg.offset > progress.next_offset:
+        progress.contiguous = False  # offsets between were skipped
     progress.next_offset = max(progress.next_offset, msg.offset + 1)
     progress.messages += 1
 

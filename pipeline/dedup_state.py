@@ -13,6 +13,7 @@ Faust-free: the table is passed in and used through its public methods.
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -45,7 +46,7 @@ class DedupState:
     def load_partitions(self, partitions: Iterable[int]) -> int:
         """Index what the (recovered) table holds for newly owned partitions."""
         todo = {p for p in partitions if p not in self._loaded}
-        if not todo:
+        if not todo or self._capacity <= 0:
             return 0
         added = 0
         for entry, keys in list(self._table.data.items()):
@@ -71,7 +72,8 @@ class DedupState:
         fresh = [k for k in keys if k not in self._index]
         for n, start in enumerate(range(0, len(fresh), CHUNK)):
             chunk = fresh[start : start + CHUNK]
-            entry = f"{partition}:{first_offset:015d}:{n}"
+            # Unique per write: a re-read from the same offset must not overwrite.
+            entry = f"{partition}:{first_offset:015d}:{n}:{uuid.uuid4().hex[:12]}"
             self._table.data[entry] = chunk
             self._table.send_changelog(partition, entry, chunk)
             self._add(entry, chunk)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AgentEvent", "DeadLetter", "Event", "Invalid", "ProductEvent", "Source"]
+__all__ = ["AgentEvent", "DeadLetter", "Event", "Invalid", "JobRef", "ProductEvent", "Source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,9 @@ class Source:
     index: int = -1
 
 
+JobRef = tuple[str, int]  # (ingestion job_id, seq): an event sent through POST /v1/ingestions
+
+
 @dataclass(slots=True)
 class ProductEvent:
     dedup_key: str
@@ -35,6 +38,7 @@ class ProductEvent:
     payload: bytes  # the event's JSON, as stored in raw_events.payload
     source: Source
     late: bool = False  # its hour was already complete on its partition
+    job: JobRef | None = None
 
 
 @dataclass(slots=True)

@@ -49,8 +49,7 @@ class OffsetGuard:
         for partition, progress in plan.progress.items():
             expected = self._expected.get(partition)
             first = first_offsets[partition]
-            contiguous = progress.next_offset - first <= progress.messages
-            if expected is None or (first <= expected and contiguous):
+            if expected is None or (first <= expected and progress.contiguous):
                 self._pending_seek.pop(partition, None)
                 continue
             # Events before ``first`` (or inside the batch) were skipped: never
@@ -68,5 +67,5 @@ class OffsetGuard:
 
     def committed(self, plan: BatchPlan) -> None:
         for partition, progress in plan.progress.items():
-            if partition in self._expected:
-                self._expected[partition] = max(self._expected[partition], progress.next_offset)
+            known = self._expected.get(partition, progress.next_offset)
+            self._expected[partition] = max(known, progress.next_offset)

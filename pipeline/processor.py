@@ -11,32 +11,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pipeline.batch import BatchPlan, Limits, RawMessage, plan_batch, state_key
 from pipeline.dedup_state import DedupState
 from pipeline.events import DeadLetter
+from pipeline.metrics import WorkerMetrics
 from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
-from pipeline.sink import Sink, WriteResult
+from pipeline.sink import Abandoned, Sink, WriteResult
 
-__all__ = ["Processor", "Stats"]
+__all__ = ["Processor"]
 
 log = logging.getLogger(__name__)
 
 PublishDead = Callable[[Sequence[DeadLetter], Callable[[], bool]], Awaitable[None]]
-
-
-@dataclass
-class Stats:
-    messages: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    late: int = 0
-    batches: int = 0
-    retries: int = 0
-    last_batch_at: float = 0.0
 
 
 class Processor:
@@ -60,16 +48,27 @@ class Processor:
         self._clock = clock
         self._watermarks: dict[int, int | None] = {}
         self.guard = OffsetGuard()
-        self.stats = Stats()
+        self.metrics = WorkerMetrics()
+        # Per partition: the durable next offset and when it last moved (liveness).
+        self.durable: dict[int, int] = {}
+        self.progressed_at: dict[int, float] = {}
+
+    @property
+    def sink_busy_retrying(self) -> bool:
+        return self._sink.retrying
 
     def on_assigned(
         self, partitions: Iterable[int], durable: Mapping[int, tuple[int, int | None]]
     ) -> None:
         """Reset per-partition state from PostgreSQL's record (see offsets.py)."""
+        self.metrics.rebalances.inc()
+        now = time.monotonic()
         for p in partitions:
             next_offset, watermark = durable.get(p, (None, None))
             self.guard.reset(p, next_offset)
             self._watermarks[p] = watermark
+            self.durable[p] = next_offset or 0
+            self.progressed_at[p] = now
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         parts = list(partitions)
@@ -77,6 +76,8 @@ class Processor:
         self._dedup.forget_partitions(parts)
         for p in parts:
             self._watermarks.pop(p, None)
+            self.durable.pop(p, None)
+            self.progressed_at.pop(p, None)
 
     async def handle(
         self, messages: Sequence[RawMessage], abandon: Callable[[], bool]
@@ -93,9 +94,16 @@ class Processor:
         now_us = int(self._clock() * 1_000_000)
         plan = plan_batch(messages, self._limits, now_us, self._watermarks, self._dedup.seen)
         seeks = self.guard.check(plan, first_offsets)
-        if plan.dead:
-            await self._publish_dead(plan.dead, abandon)
-        result = await self._sink.write(plan, abandon)
+        self.metrics.offset_gaps.inc(len(seeks))
+        started = time.monotonic()
+        try:
+            if plan.dead:
+                await self._publish_dead(plan.dead, abandon)
+            result = await self._sink.write(plan, abandon)
+        except Abandoned:
+            self.metrics.abandoned.inc()
+            raise
+        self.metrics.sink_seconds.observe(time.monotonic() - started)
         self._after_commit(plan, result, first_offsets, len(messages))
         return seeks
 
@@ -112,12 +120,24 @@ class Processor:
             by_partition.setdefault(e.source.partition, []).append(state_key(e))
         for p, keys in by_partition.items():
             self._dedup.remember(p, first_offsets[p], keys)
-        s = self.stats
-        s.messages += n
-        s.stored += result.stored
-        s.duplicates += plan.duplicates + result.duplicates
-        s.dead_lettered += result.dead_lettered
-        s.late += sum(e.late for e in plan.events)
-        s.batches += 1
-        s.retries += result.attempts - 1
-        s.last_batch_at = self._clock()
+        self._count(plan, result, n)
+
+    def _count(self, plan: BatchPlan, result: WriteResult, n: int) -> None:
+        m = self.metrics
+        m.messages.inc(n)
+        m.events_in.inc(len(plan.products) + len(plan.agents) + plan.duplicates)
+        m.stored.inc(result.stored)
+        m.duplicates.inc(plan.duplicates + result.duplicates)
+        m.dead_lettered.inc(result.dead_lettered)
+        m.late.inc(sum(e.late for e in plan.events))
+        m.batches.inc()
+        m.sink_retries.inc(result.attempts - 1)
+        m.batch_size.observe(n)
+        now = time.monotonic()
+        for p, progress in plan.progress.items():
+            if progress.next_offset > self.durable.get(p, -1):
+                self.durable[p] = progress.next_offset
+                self.progressed_at[p] = now
+            m.durable_offset.set(self.durable[p], partition=str(p))
+            if self._watermarks.get(p) is not None:
+                m.watermark.set(self._watermarks[p] / 1e6, partition=str(p))  # type: ignore[operator]

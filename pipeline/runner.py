@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.settings import Settings
+from pipeline.stack import free_port
 
 __all__ = ["worker_env", "start_worker", "stop_worker"]
 
@@ -33,7 +34,9 @@ def worker_env(s: Settings) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m pipeline worker``; give it its own free web port unless one is set."""
     env = {**os.environ, **worker_env(settings), **extra_env}
+    env.setdefault("WORKER_WEB_PORT", str(free_port()))
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(

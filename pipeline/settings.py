@@ -6,6 +6,7 @@ Every variable is documented in the README ("Configuration").
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,8 @@ class Settings:
     data_dir: str = ".stack/worker"
     log_level: str = "WARNING"
     db_retry_max_seconds: float = 10.0
+    # A partition with lag and no progress for this long makes /health/live fail.
+    stuck_after_seconds: float = 60.0
 
     @property
     def is_tansu(self) -> bool:
@@ -104,11 +107,13 @@ class Settings:
         security = KafkaSecurity(
             protocol=_choice(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _SECURITY_PROTOCOLS),
             sasl_mechanism=_opt_choice(e, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS),
-            sasl_username=e.get("KAFKA_SASL_USERNAME") or None,
-            sasl_password=e.get("KAFKA_SASL_PASSWORD") or None,
-            ssl_cafile=e.get("KAFKA_SSL_CAFILE") or None,
+            sasl_username=_opt(e, "KAFKA_SASL_USERNAME"),
+            sasl_password=_opt(e, "KAFKA_SASL_PASSWORD"),
+            ssl_cafile=_opt(e, "KAFKA_SSL_CAFILE"),
         )
-        if security.protocol.startswith("SASL") and not security.sasl_username:
+        if security.protocol.startswith("SASL") and not (
+            security.sasl_username and security.sasl_password
+        ):
             raise ConfigError(
                 f"KAFKA_SECURITY_PROTOCOL={security.protocol} needs KAFKA_SASL_USERNAME "
                 "and KAFKA_SASL_PASSWORD."
@@ -117,7 +122,7 @@ class Settings:
             kafka_bootstrap_servers=_str(e, "KAFKA_BOOTSTRAP_SERVERS", d.kafka_bootstrap_servers),
             kafka_security=security,
             broker_profile=_choice(e, "KAFKA_BROKER_PROFILE", d.broker_profile, _PROFILES),
-            database_url=e.get("DATABASE_URL") or None,
+            database_url=_opt(e, "DATABASE_URL"),
             events_topic=events_topic,
             dlq_topic=_str(e, "DLQ_TOPIC", f"{events_topic}.dlq"),
             events_partitions=_int(e, "EVENTS_PARTITIONS", d.events_partitions, minimum=1),
@@ -134,7 +139,7 @@ class Settings:
             max_future_seconds=_int(e, "MAX_FUTURE_SECONDS", d.max_future_seconds, minimum=0),
             max_message_bytes=_int(e, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
             dedup_capacity=_int(e, "DEDUP_CAPACITY", d.dedup_capacity, minimum=0),
-            web_port=_int(e, "WORKER_WEB_PORT", d.web_port, minimum=0),
+            web_port=_port(e, "WORKER_WEB_PORT", d.web_port),
             web_host=_str(e, "WORKER_WEB_HOST", d.web_host),
             data_dir=_str(e, "WORKER_DATA_DIR", d.data_dir),
             log_level=_choice(
@@ -143,7 +148,21 @@ class Settings:
             db_retry_max_seconds=_float(
                 e, "DB_RETRY_MAX_SECONDS", d.db_retry_max_seconds, minimum=0.1
             ),
+            stuck_after_seconds=_float(
+                e, "WORKER_STUCK_SECONDS", d.stuck_after_seconds, minimum=1.0
+            ),
         )
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(name, "").strip() or None
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    port = _int(env, name, default, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"{name}={port} is not a TCP port (0..65535).")
+    return port
 
 
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
@@ -166,6 +185,8 @@ def _number(
         value = parse(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not {kind}; set it to e.g. {default}.") from None
+    if not math.isfinite(value):  # type: ignore[arg-type]
+        raise ConfigError(f"{name}={raw!r} is not a finite number; set it to e.g. {default}.")
     if value < minimum:
         raise ConfigError(
             f"{name}={raw!r} is below the minimum {minimum}; set it to e.g. {default}."

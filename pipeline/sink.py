@@ -73,6 +73,7 @@ class Sink:
     ) -> None:
         self._pool = pool  # called per attempt: the pool is opened lazily, once
         self._retry_max = retry_max_seconds
+        self.retrying = False  # true while a batch waits out a database failure
 
     async def write(
         self, plan: BatchPlan, abandon: Callable[[], bool] = lambda: False
@@ -82,10 +83,14 @@ class Sink:
         while True:
             attempt += 1
             if abandon():
+                self.retrying = False
                 raise Abandoned()
             try:
-                return await self._write_once(plan, attempt)
+                result = await self._write_once(plan, attempt)
+                self.retrying = False
+                return result
             except TRANSIENT_ERRORS as exc:
+                self.retrying = True
                 log.warning(
                     "sink retry", extra={"attempt": attempt, "error": repr(exc), "delay_s": delay}
                 )
@@ -105,6 +110,7 @@ class Sink:
             await _add_channel_rollups(conn, stored_products)
             await _add_agent_rollups(conn, [e for e in plan.agents if e.dedup_key in agent_keys])
             await _insert_dead_letters(conn, plan)
+            await _add_job_outcomes(conn, plan, product_keys)
             await _advance_progress(conn, plan)
         stored = len(product_keys) + len(agent_keys)
         return WriteResult(
@@ -139,6 +145,8 @@ async def _insert_products(
         [e.source.partition for e in events],
         [e.source.offset for e in events],
         topic,
+        [e.job[0] if e.job else None for e in events],
+        [e.late for e in events],
     )
     return {r[0] for r in rows}
 
@@ -166,6 +174,7 @@ async def _insert_agents(
         [e.source.partition for e in events],
         [e.source.offset for e in events],
         topic,
+        [e.late for e in events],
     )
     return {r[0] for r in rows}
 
@@ -228,6 +237,24 @@ async def _insert_dead_letters(conn: asyncpg.Connection, plan: BatchPlan) -> Non
         [x.source.offset for x in d],
         [x.source.index for x in d],
     )
+
+
+async def _add_job_outcomes(conn: asyncpg.Connection, plan: BatchPlan, inserted: set[str]) -> None:
+    # One outcome per job event; a copy stored in this batch outranks its duplicates.
+    best: dict[tuple[str, int], str] = {}
+    decided = [*plan.job_outcomes]
+    for e in plan.products:
+        if e.job:
+            decided.append((*e.job, "stored" if e.dedup_key in inserted else "duplicate"))
+    for job_id, seq, outcome in decided:
+        if _RANK[outcome] > _RANK.get(best.get((job_id, seq), ""), -1):
+            best[(job_id, seq)] = outcome
+    if best:
+        rows = sorted((job_id, seq, outcome) for (job_id, seq), outcome in best.items())
+        await conn.execute(sql.ADD_JOB_OUTCOMES, *_columns(rows, 3))
+
+
+_RANK = {"duplicate": 0, "dead_lettered": 1, "stored": 2}
 
 
 async def _advance_progress(conn: asyncpg.Connection, plan: BatchPlan) -> None:

@@ -17,16 +17,17 @@ __all__ = [
     "UPSERT_CHANNEL_ROLLUP",
     "UPSERT_CONFIG",
     "UPSERT_PROGRESS",
+    "ADD_JOB_OUTCOMES",
 ]
 
 _TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
 INSERT_RAW_EVENTS = f"""
 INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
-                        source_topic, source_partition, source_offset)
-SELECT k, n, c, u, {_TS.format("t")}, p::jsonb, $9, sp, so
+                        source_topic, source_partition, source_offset, ingestion_job_id, late)
+SELECT k, n, c, u, {_TS.format("t")}, p::jsonb, $9, sp, so, j, la
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
-            $7::int4[], $8::int8[]) AS x(k, n, c, u, t, p, sp, so)
+            $7::int4[], $8::int8[], $10::uuid[], $11::bool[]) AS x(k, n, c, u, t, p, sp, so, j, la)
 ORDER BY k
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING dedup_key
@@ -35,12 +36,13 @@ RETURNING dedup_key
 INSERT_RAW_AGENT_EVENTS = f"""
 INSERT INTO raw_agent_events (dedup_key, event_type, occurred_at, tenant_id, workspace_id,
                               project_id, agent_id, workflow_id, run_id, status, cost_usd,
-                              latency_ms, payload, source_topic, source_partition, source_offset)
-SELECT k, et, {_TS.format("t")}, tn, ws, pr, ag, wf, rn, st, cu, lm, p::jsonb, $16, sp, so
+                              latency_ms, payload, source_topic, source_partition, source_offset,
+                              late)
+SELECT k, et, {_TS.format("t")}, tn, ws, pr, ag, wf, rn, st, cu, lm, p::jsonb, $16, sp, so, la
 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[],
-            $14::int4[], $15::int8[])
-     AS x(k, et, t, tn, ws, pr, ag, wf, rn, st, cu, lm, p, sp, so)
+            $14::int4[], $15::int8[], $17::bool[])
+     AS x(k, et, t, tn, ws, pr, ag, wf, rn, st, cu, lm, p, sp, so, la)
 ORDER BY k
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING dedup_key
@@ -122,6 +124,26 @@ ON CONFLICT (topic, partition) DO UPDATE SET
     updated_at  = now()
 """
 
+# Each job event counts once, in its first outcome: a replay finds its row.
+ADD_JOB_OUTCOMES = """
+WITH fresh AS (
+    INSERT INTO ingestion_job_events (job_id, seq, outcome)
+    SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[]) ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
+    RETURNING job_id, outcome
+), counts AS (
+    SELECT job_id,
+           count(*) FILTER (WHERE outcome = 'stored') AS stored,
+           count(*) FILTER (WHERE outcome = 'duplicate') AS duplicates,
+           count(*) FILTER (WHERE outcome = 'dead_lettered') AS dead_lettered
+    FROM fresh GROUP BY job_id
+)
+UPDATE ingestion_jobs j
+SET stored = j.stored + c.stored, duplicates = j.duplicates + c.duplicates,
+    dead_lettered = j.dead_lettered + c.dead_lettered, updated_at = now()
+FROM counts c WHERE j.job_id = c.job_id
+"""
+
 SELECT_PROGRESS = """
 SELECT partition, next_offset, (extract(epoch FROM watermark) * 1000000)::int8 AS watermark_us
 FROM partition_progress WHERE topic = $1
@@ -199,4 +221,86 @@ DEAD_LETTER_COUNTS = "SELECT reason, count(*) AS n FROM dead_letters GROUP BY 1 
 
 HOUR_COMPLETENESS = """
 SELECT hour, complete, events, late_events, revised FROM hour_completeness ORDER BY hour
+"""
+
+SELECT_PROGRESS_ROWS = """
+SELECT partition, next_offset, watermark, updated_at FROM partition_progress WHERE topic = $1
+"""
+
+UPSERT_WORKER_STATUS = """
+INSERT INTO worker_status (worker_id, web_port, partitions, durable, idle_seconds, live, started_at)
+VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7)
+ON CONFLICT (worker_id) DO UPDATE SET
+    web_port = EXCLUDED.web_port, partitions = EXCLUDED.partitions, durable = EXCLUDED.durable,
+    idle_seconds = EXCLUDED.idle_seconds, live = EXCLUDED.live, heartbeat_at = now()
+"""
+
+DELETE_WORKER_STATUS = "DELETE FROM worker_status WHERE worker_id = $1"
+
+SELECT_WORKERS = """
+SELECT worker_id, web_port, partitions, live, heartbeat_at, started_at,
+       heartbeat_at > now() - interval '30 seconds' AS fresh
+FROM worker_status ORDER BY worker_id
+"""
+
+# --- Maintenance: rebuild rollups from the raw tables; retention ------------------
+
+# Workers insert under ROW EXCLUSIVE: SHARE waits for their open transactions and
+# holds new ones back until the rebuild commits, so no event is missed or doubled.
+LOCK_FOR_REBUILD = """
+LOCK TABLE raw_events, raw_agent_events IN SHARE MODE;
+LOCK TABLE rollup_channel_hourly, rollup_channel_users, rollup_agent_hourly IN EXCLUSIVE MODE
+"""
+
+DELETE_ROLLUPS_IN_RANGE = """
+DELETE FROM rollup_channel_users WHERE hour >= $1 AND hour < $2;
+DELETE FROM rollup_channel_hourly WHERE hour >= $1 AND hour < $2;
+DELETE FROM rollup_agent_hourly WHERE hour >= $1 AND hour < $2
+"""
+
+REBUILD_CHANNEL_USERS = f"""
+INSERT INTO rollup_channel_users (hour, channel, event_name, user_id)
+SELECT DISTINCT {_UTC_HOUR}, channel, event_name, user_id FROM raw_events
+WHERE occurred_at >= $1 AND occurred_at < $2
+"""
+
+REBUILD_CHANNEL_ROLLUP = f"""
+INSERT INTO rollup_channel_hourly (hour, channel, event_name, event_count, unique_users,
+                                   late_events, first_event_at, last_event_at, revised_at)
+SELECT {_UTC_HOUR}, channel, event_name, count(*), count(DISTINCT user_id),
+       count(*) FILTER (WHERE late), min(occurred_at), max(occurred_at),
+       CASE WHEN bool_or(late) THEN max(received_at) FILTER (WHERE late) END
+FROM raw_events WHERE occurred_at >= $1 AND occurred_at < $2
+GROUP BY 1, 2, 3
+RETURNING 1
+"""
+
+REBUILD_AGENT_ROLLUP = f"""
+INSERT INTO rollup_agent_hourly (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+                                 runs, succeeded, failed, events, cost_usd, latency_ms_sum,
+                                 latency_ms_count, late_events, revised_at)
+SELECT {_UTC_HOUR}, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+       count(*) FILTER (WHERE event_type = 'run.started'),
+       count(*) FILTER (WHERE event_type = 'run.completed'),
+       count(*) FILTER (WHERE event_type = 'run.failed'),
+       count(*), coalesce(sum(cost_usd), 0), coalesce(sum(latency_ms), 0), count(latency_ms),
+       count(*) FILTER (WHERE late),
+       CASE WHEN bool_or(late) THEN max(received_at) FILTER (WHERE late) END
+FROM raw_agent_events WHERE occurred_at >= $1 AND occurred_at < $2
+GROUP BY 1, 2, 3, 4, 5, 6
+RETURNING 1
+"""
+
+# Deletes at most $2 rows older than $1 per call; the command loops until none are left.
+DELETE_OLD_RAW_EVENTS = """
+DELETE FROM raw_events WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM raw_events WHERE occurred_at < $1 LIMIT $2))
+"""
+DELETE_OLD_RAW_AGENT_EVENTS = """
+DELETE FROM raw_agent_events WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM raw_agent_events WHERE occurred_at < $1 LIMIT $2))
+"""
+DELETE_OLD_DEAD_LETTERS = """
+DELETE FROM dead_letters WHERE id = ANY (ARRAY(
+    SELECT id FROM dead_letters WHERE received_at < $1 LIMIT $2))
 """

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 
 from pipeline.dedup import product_dedup_key
-from pipeline.events import AgentEvent, Invalid, ProductEvent, Source
+from pipeline.events import AgentEvent, Invalid, JobRef, ProductEvent, Source
 from pipeline.timeparse import parse_rfc3339, parse_timestamp
 from pipeline.window import hour_start_us
 
-__all__ = ["MAX_TAGS", "METADATA_MAX_BYTES", "SCHEMA_INVALID", "validate_event"]
+__all__ = ["MAX_TAGS", "METADATA_MAX_BYTES", "SCHEMA_INVALID", "job_of", "validate_event"]
 
 SCHEMA_INVALID = "schema_invalid"
 METADATA_MAX_BYTES = 16_384
@@ -89,6 +89,7 @@ def _product_event(obj: dict[str, Any], payload: bytes, source: Source) -> Produ
     _text(obj, "campaign_id", 128, required=False)
     _check_tags(obj.get("tags"))
     _check_metadata(obj.get("metadata"), len(payload))
+    job = _job_ref(obj.get("_ingestion"))
     return ProductEvent(
         dedup_key=product_dedup_key(event_name, user_id, ts_us, event_id),
         event_name=event_name,
@@ -98,7 +99,30 @@ def _product_event(obj: dict[str, Any], payload: bytes, source: Source) -> Produ
         hour_us=hour_start_us(ts_us),
         payload=payload,
         source=source,
+        job=job,
     )
+
+
+def job_of(obj: dict[str, Any]) -> JobRef | None:
+    """The ingestion job of an event object, or None (also when it is malformed)."""
+    try:
+        return _job_ref(obj.get("_ingestion"))
+    except _Bad:
+        return None
+
+
+def _job_ref(value: object) -> JobRef | None:
+    """``_ingestion: {job_id, seq}``, set by the gateway on events of an ingestion job."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Bad("_ingestion", "must be an object with job_id and seq")
+    job_id, seq = value.get("job_id"), value.get("seq")
+    if not isinstance(job_id, str) or not _UUID.match(job_id):
+        raise _Bad("_ingestion.job_id", "must be a UUID")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**31:
+        raise _Bad("_ingestion.seq", "must be a non-negative integer")
+    return job_id.lower(), seq
 
 
 def _check_tags(tags: object) -> None:

@@ -130,6 +130,7 @@ class _Maker:
         self.rng = rng
         newest_hour = int(now) - int(now) % HOUR - HOUR  # the last complete hour
         self.first_hour = newest_hour - (opts.hours - 1) * HOUR
+        self.now = now
         self.n = 0
 
     def _ts(self, late: bool) -> float:
@@ -211,7 +212,7 @@ class _Maker:
             ("schema_invalid", lambda: _with(good, "event_name", "x" * 200)),
             ("schema_invalid", lambda: _with(good, "timestamp", "yesterday")),
             ("schema_invalid", lambda: _with(good, "tags", "not-a-list")),
-            ("too_far_in_future", lambda: _with(good, "timestamp", time.time() + 7 * 86400)),
+            ("too_far_in_future", lambda: _with(good, "timestamp", self.now + 7 * 86400)),
         ]
         reason, make = kinds[rng.randrange(len(kinds))]
         return reason, make()
@@ -284,7 +285,8 @@ def build_workload(opts: LoadOptions, partitions: int, chunk: int = 2_000) -> Wo
         stream.insert(rng.randrange(len(stream) + 1), ("raw", raw))
     # Late events go last: by then newer events have completed their hour.
     stream.extend(late)
-    w.duplicates, w.late = n_dup, n_late
+    # With one hour there is no later hour to complete it: nothing can be late.
+    w.duplicates, w.late = n_dup, (n_late if opts.hours >= 2 else 0)
     for start in range(0, len(stream), chunk):
         w.batches.append(
             _to_messages(stream[start : start + chunk], opts.envelope_size, partitions)

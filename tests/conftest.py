@@ -25,7 +25,7 @@ import pytest
 from pipeline.migrate import apply_migrations
 from pipeline.runner import start_worker
 from pipeline.settings import Settings
-from pipeline.stack import start_broker, start_embedded_postgres, stop_pid
+from pipeline.stack import free_port, start_broker, start_embedded_postgres, stop_pid
 from pipeline.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,6 +135,7 @@ async def settings(broker: str, database: str, tmp_path: Path) -> Settings:
 class WorkerProcess:
     proc: subprocess.Popen[bytes]
     log: Path
+    web_port: int = 0
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -156,7 +157,9 @@ class Workers:
 
     def start(self, **env: str) -> WorkerProcess:
         log = self.tmp / f"worker-{len(self.started)}.log"
-        w = WorkerProcess(start_worker(self.settings, log, **env), log)
+        env.setdefault("WORKER_WEB_PORT", str(free_port()))
+        env.setdefault("WORKER_DATA_DIR", str(self.tmp / f"worker-{len(self.started)}"))
+        w = WorkerProcess(start_worker(self.settings, log, **env), log, int(env["WORKER_WEB_PORT"]))
         self.started.append(w)
         return w
 

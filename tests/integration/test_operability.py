@@ -1,0 +1,92 @@
+"""A worker's health and metrics endpoints, against a real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+from pipeline.reconcile import wait_until_processed
+from pipeline.settings import Settings
+from producers.publisher import Publisher
+from tests.conftest import Workers, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    def fetch() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError:
+            return 0, b""
+
+    return await asyncio.to_thread(fetch)
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M):
+        total += float(m.group(1))
+    return total
+
+
+async def test_health_and_metrics_of_a_working_worker(settings: Settings, workers: Workers) -> None:
+    worker = workers.start()
+    events = [
+        {"event_name": "view", "channel": "web", "user_id": f"u{i}", "timestamp": 1_700_000_000 + i}
+        for i in range(500)
+    ]
+    async with Publisher(settings) as pub:
+        receipt = await pub.publish_events(events + events[:50])  # 50 duplicates
+        bad = await pub.publish_raw([(None, b"not json")] * 7)
+    receipt.merge(bad)
+    await wait_until_processed(
+        settings.database_url or "", settings.events_topic, receipt.end_offsets, 120
+    )
+
+    async def ready() -> bool:
+        status, body = await _get(worker.web_port, "/health/ready")
+        return status == 200 and orjson.loads(body)["database"]
+
+    await wait_for(ready, 30, "/health/ready to answer 200")
+    status, body = await _get(worker.web_port, "/health/live")
+    assert status == 200, body
+    assert orjson.loads(body)["stuck_partitions"] == []
+    status, body = await _get(worker.web_port, "/health/ready")
+    assert sorted(orjson.loads(body)["partitions"]) == list(range(settings.events_partitions))
+
+    async def counted() -> str | None:
+        _, text = await _get(worker.web_port, "/metrics")
+        metrics = text.decode()
+        return metrics if _metric(metrics, "pipeline_dead_lettered_total") == 7 else None
+
+    text = await wait_for(counted, 30, "metrics to count the batch")
+    assert _metric(text, "pipeline_events_stored_total") == 500
+    assert _metric(text, "pipeline_duplicates_total") == 50
+    assert _metric(text, "pipeline_messages_total") == 557
+    assert _metric(text, "pipeline_partition_lag") == 0
+    assert _metric(text, "pipeline_batch_messages_count") >= 1
+    assert "pipeline_sink_seconds_bucket" in text
+    assert (await _get(worker.web_port, "/nope"))[0] == 404
+
+
+async def test_ready_fails_while_the_database_is_unreachable(
+    settings: Settings, workers: Workers
+) -> None:
+    worker = workers.start(DATABASE_URL="postgresql://postgres@127.0.0.1:9/nowhere")
+
+    async def answered() -> tuple[int, bytes] | None:
+        status, body = await _get(worker.web_port, "/health/ready")
+        return (status, body) if status else None
+
+    status, body = await wait_for(answered, 60, "the worker's web port")
+    assert status == 503
+    assert orjson.loads(body)["database"] is False

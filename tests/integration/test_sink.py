@@ -1,0 +1,150 @@
+"""The sink against real PostgreSQL: one transaction per batch, replays add nothing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+import pytest
+
+from pipeline import sql
+from pipeline.batch import Limits, RawMessage, plan_batch
+from pipeline.maintenance import apply_retention, rebuild_rollups
+from pipeline.reconcile import reconcile
+from pipeline.sink import Sink
+
+pytestmark = pytest.mark.integration
+
+NOW_US = 1_700_010_000 * 1_000_000
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def _sink(pool: asyncpg.Pool) -> Sink:
+    async def get() -> asyncpg.Pool:
+        return pool
+
+    return Sink(get)
+
+
+def _msg(offset: int, doc: object, partition: int = 0) -> RawMessage:
+    return RawMessage("events", partition, offset, orjson.dumps(doc))
+
+
+def _event(i: int, **extra: object) -> dict[str, object]:
+    return {
+        "event_name": "view",
+        "channel": "web",
+        "user_id": f"u{i % 3}",
+        "timestamp": 1_700_000_000 + i,
+        **extra,
+    }
+
+
+async def test_a_replayed_batch_adds_nothing(pool: asyncpg.Pool, database: str) -> None:
+    messages = [_msg(i, _event(i)) for i in range(10)] + [RawMessage("events", 0, 10, b"{bad")]
+    plan = plan_batch(messages, Limits(), NOW_US, {})
+    sink = _sink(pool)
+    first = await sink.write(plan)
+    again = await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    assert (first.stored, first.duplicates, first.dead_lettered) == (10, 0, 1)
+    assert (again.stored, again.duplicates) == (0, 10)
+    row = await pool.fetchrow("SELECT event_count, unique_users FROM rollup_channel_hourly")
+    assert tuple(row) == (10, 3)
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 1
+    assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 11
+    report = await reconcile(database)
+    assert report.consistent
+
+
+async def test_offsets_and_watermarks_never_move_back(pool: asyncpg.Pool) -> None:
+    sink = _sink(pool)
+    await sink.write(plan_batch([_msg(50, _event(50))], Limits(), NOW_US, {}))
+    await sink.write(plan_batch([_msg(7, _event(7))], Limits(), NOW_US, {}))
+    row = await pool.fetchrow("SELECT next_offset, watermark FROM partition_progress")
+    assert row["next_offset"] == 51
+    assert row["watermark"].timestamp() == 1_700_000_050
+
+
+async def test_ingestion_job_counts_are_exact_under_replay(pool: asyncpg.Pool) -> None:
+    job = str(uuid.uuid4())
+    await pool.execute(
+        "INSERT INTO ingestion_jobs (job_id, tenant_id, request_sha256, accepted)"
+        " VALUES ($1, 't1', 'x', 4)",
+        uuid.UUID(job),
+    )
+
+    def job_event(seq: int, ts: float) -> dict[str, object]:
+        return {
+            "event_id": f"{job}:{seq}",
+            "event_name": "sync",
+            "channel": "ingestion",
+            "user_id": "t1",
+            "timestamp": ts,
+            "_ingestion": {"job_id": job, "seq": seq},
+        }
+
+    future = NOW_US / 1e6 + 86_400  # refused as too_far_in_future
+    messages = [
+        _msg(0, job_event(0, 1_700_000_000)),
+        _msg(1, job_event(1, 1_700_000_001)),
+        _msg(2, job_event(1, 1_700_000_001)),  # the same job event sent twice
+        _msg(3, job_event(2, future)),
+    ]
+    sink = _sink(pool)
+    for _ in range(2):  # the second pass is a replay: it must count nothing
+        await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    row = await pool.fetchrow(
+        "SELECT stored, duplicates, dead_lettered FROM ingestion_jobs WHERE job_id = $1",
+        uuid.UUID(job),
+    )
+    assert tuple(row) == (2, 0, 1)
+    stored_for_job = await pool.fetchval(
+        "SELECT count(*) FROM raw_events WHERE ingestion_job_id = $1", uuid.UUID(job)
+    )
+    assert stored_for_job == 2
+
+
+async def test_rebuild_rollups_reproduces_what_the_sink_added(
+    pool: asyncpg.Pool, database: str
+) -> None:
+    sink = _sink(pool)
+    messages = [_msg(i, _event(i * 700)) for i in range(30)]  # spans several hours
+    await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    before = [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)]
+    users_before = await pool.fetchval("SELECT count(*) FROM rollup_channel_users")
+    await pool.execute("UPDATE rollup_channel_hourly SET event_count = event_count + 99")
+    start = datetime(2023, 11, 14, tzinfo=UTC)
+    end = datetime(2023, 11, 16, tzinfo=UTC)
+    for _ in range(2):  # idempotent
+        result = await rebuild_rollups(database, start, end)
+    assert result.channel_rows == len(before)
+    assert [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)] == before
+    assert await pool.fetchval("SELECT count(*) FROM rollup_channel_users") == users_before
+    assert (await reconcile(database)).consistent
+
+
+async def test_retention_deletes_old_raw_rows_and_keeps_rollups(
+    pool: asyncpg.Pool, database: str
+) -> None:
+    sink = _sink(pool)
+    old = [_msg(i, _event(i)) for i in range(5)]  # 2023: older than a day
+    now = time.time()
+    fresh = [_msg(5 + i, _event(i, timestamp=now - 60)) for i in range(3)]
+    await sink.write(plan_batch(old + fresh, Limits(), int(now * 1e6), {}))
+    rollups = await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly")
+    deleted = await apply_retention(database, days=1, batch=2)
+    assert deleted["raw_events"] == 5
+    assert await pool.fetchval("SELECT count(*) FROM raw_events") == 3
+    assert await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly") == rollups
