@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 import urllib.error
 import urllib.request
 
@@ -11,7 +13,9 @@ import orjson
 import pytest
 
 from pipeline.reconcile import wait_until_processed
+from pipeline.runner import worker_env
 from pipeline.settings import Settings
+from pipeline.status import Status, collect_status
 from producers.publisher import Publisher
 from tests.conftest import Workers, wait_for
 
@@ -90,3 +94,46 @@ async def test_ready_fails_while_the_database_is_unreachable(
     status, body = await wait_for(answered, 60, "the worker's web port")
     assert status == 503
     assert orjson.loads(body)["database"] is False
+
+
+async def test_status_shows_members_lag_watermarks_and_hours(
+    settings: Settings, workers: Workers
+) -> None:
+    workers.start()
+    events = [
+        {
+            "event_name": "view",
+            "channel": "web",
+            "user_id": "u",
+            "timestamp": 1_700_000_000 + i * 60,
+        }
+        for i in range(300)
+    ]
+    async with Publisher(settings) as pub:
+        receipt = await pub.publish_events(events)
+    dsn = settings.database_url or ""
+    await wait_until_processed(dsn, settings.events_topic, receipt.end_offsets, 120)
+
+    async def reported() -> Status | None:
+        status = await collect_status(settings)
+        return status if status.workers else None
+
+    status = await wait_for(reported, 30, "the worker to report itself in worker_status")
+    owned = sorted(p for w in status.workers for p in w["partitions"])
+    assert owned == list(range(settings.events_partitions))
+    for row in status.partitions:
+        assert row.end == receipt.end_offsets.get(row.partition, 0)
+        assert row.lag == 0
+        assert row.member == status.workers[0]["worker_id"]
+    assert {h["hour"].hour for h in status.hours} >= {22, 23}
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pipeline",
+        "status",
+        env={**os.environ, **worker_env(settings)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await cli.communicate()
+    assert cli.returncode == 0
+    assert "total lag: 0" in out.decode()
