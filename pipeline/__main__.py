@@ -103,6 +103,18 @@ def _retention(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _reset(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.maintenance import reset_offsets
+
+    dsn = settings.require_database_url()
+    n = asyncio.run(reset_offsets(dsn, settings.events_topic, args.to_offset, args.partition))
+    print(
+        f"{n} partition(s) of {settings.events_topic} will resume at offset {args.to_offset} "
+        "after the workers' next assignment (restart them)"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retention", help="delete raw events and dead letters older than N days")
     rt.add_argument("--days", type=int, required=True)
     rt.set_defaults(run=_retention)
+    ro = sub.add_parser("reset-offsets", help="replay: move durable offsets back")
+    ro.add_argument("--to-offset", type=int, default=0, help="default 0: the beginning")
+    ro.add_argument("--partition", type=int, default=None, help="default: every partition")
+    ro.set_defaults(run=_reset)
     d = sub.add_parser("demo", help="stack + worker + demo load + rollups, end to end")
     d.add_argument("--count", type=int, default=20_000, help="events to publish")
     d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")

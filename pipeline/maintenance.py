@@ -23,7 +23,7 @@ from pipeline import sql
 from pipeline.errors import ConfigError
 from pipeline.timeparse import parse_timestamp, us_to_datetime
 
-__all__ = ["parse_hour", "rebuild_rollups", "apply_retention", "RebuildResult"]
+__all__ = ["parse_hour", "rebuild_rollups", "apply_retention", "reset_offsets", "RebuildResult"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +87,19 @@ async def apply_retention(dsn: str, days: int, batch: int = 20_000) -> dict[str,
     finally:
         await conn.close()
     return deleted
+
+
+async def reset_offsets(dsn: str, topic: str, offset: int, partition: int | None) -> int:
+    """Move the durable offsets back (a replay): workers resume there on their next assignment.
+
+    Re-processing is safe by design: replayed events are found in the raw tables
+    and add nothing. Restart the workers (or scale them) to trigger the seek.
+    """
+    if offset < 0:
+        raise ConfigError("--to-offset must be 0 or more")
+    conn = await asyncpg.connect(dsn)
+    try:
+        status = await conn.execute(sql.RESET_PROGRESS, topic, offset, partition)
+    finally:
+        await conn.close()
+    return int(status.split()[-1])

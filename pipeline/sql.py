@@ -304,3 +304,8 @@ DELETE_OLD_DEAD_LETTERS = """
 DELETE FROM dead_letters WHERE id = ANY (ARRAY(
     SELECT id FROM dead_letters WHERE received_at < $1 LIMIT $2))
 """
+
+RESET_PROGRESS = """
+UPDATE partition_progress SET next_offset = $2, updated_at = now()
+WHERE topic = $1 AND ($3::int4 IS NULL OR partition = $3)
+"""

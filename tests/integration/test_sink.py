@@ -13,9 +13,9 @@ import pytest
 
 from pipeline import sql
 from pipeline.batch import Limits, RawMessage, plan_batch
-from pipeline.maintenance import apply_retention, rebuild_rollups
+from pipeline.maintenance import apply_retention, rebuild_rollups, reset_offsets
 from pipeline.reconcile import reconcile
-from pipeline.sink import Sink
+from pipeline.sink import Sink, load_progress
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +148,17 @@ async def test_retention_deletes_old_raw_rows_and_keeps_rollups(
     assert deleted["raw_events"] == 5
     assert await pool.fetchval("SELECT count(*) FROM raw_events") == 3
     assert await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly") == rollups
+
+
+async def test_a_replay_after_reset_offsets_adds_nothing(pool: asyncpg.Pool, database: str) -> None:
+    sink = _sink(pool)
+    messages = [_msg(i, _event(i)) for i in range(12)]
+    await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    rollups = [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)]
+    assert await reset_offsets(database, "events", 0, None) == 1
+    durable = await load_progress(pool, "events")
+    assert durable[0][0] == 0
+    result = await sink.write(plan_batch(messages, Limits(), NOW_US, {}))  # the replay
+    assert result.stored == 0
+    assert [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)] == rollups
+    assert (await load_progress(pool, "events"))[0][0] == 12
