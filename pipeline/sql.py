@@ -22,13 +22,14 @@ __all__ = [
 
 _TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
+# Raw inserts need no ORDER BY: all copies of a key share a partition, so two
+# workers never insert the same key (and a rare clash is retried as a deadlock).
 INSERT_RAW_EVENTS = f"""
 INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
                         source_topic, source_partition, source_offset, ingestion_job_id, late)
 SELECT k, n, c, u, {_TS.format("t")}, p::jsonb, $9, sp, so, j, la
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
             $7::int4[], $8::int8[], $10::uuid[], $11::bool[]) AS x(k, n, c, u, t, p, sp, so, j, la)
-ORDER BY k
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING dedup_key
 """
@@ -43,7 +44,6 @@ FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text
             $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[],
             $14::int4[], $15::int8[], $17::bool[])
      AS x(k, et, t, tn, ws, pr, ag, wf, rn, st, cu, lm, p, sp, so, la)
-ORDER BY k
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING dedup_key
 """

@@ -38,7 +38,10 @@ def parse_rfc3339(text: str) -> int:
     date, clock, fraction, zulu, sign, oh, om = m.groups()
     if int(oh or 0) > 23 or int(om or 0) > 59:
         raise ValueError("has a UTC offset out of range (at most ±23:59)")
-    iso = f"{date}T{clock}{(fraction or '')[:7]}{'+00:00' if zulu else f'{sign}{oh}:{om}'}"
+    if text[10] == "T" and zulu != "z" and (fraction is None or len(fraction) <= 7):
+        iso = text  # already in a form fromisoformat reads: skip rebuilding it
+    else:
+        iso = f"{date}T{clock}{(fraction or '')[:7]}{'+00:00' if zulu else f'{sign}{oh}:{om}'}"
     try:
         dt = datetime.fromisoformat(iso)
     except ValueError:

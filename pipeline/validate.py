@@ -32,6 +32,13 @@ _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
+_MISSING = object()
+_MAX_INT_SECONDS = 253_402_300_800  # 10000-01-01T00:00:00Z
+# Re-serialising JSON can grow it at most ~4.75x (1e15 -> 1000000000000000.0): a
+# payload under this size cannot hold metadata over the limit, whatever its spelling.
+_METADATA_SAFE_PAYLOAD = 3_000
+
+
 class _Bad(Exception):
     def __init__(self, field: str, detail: str) -> None:
         super().__init__(field, detail)
@@ -75,18 +82,41 @@ def _required_text(obj: dict[str, Any], name: str, max_len: int, prefix: str = "
     return value
 
 
+def _texts(obj: dict[str, Any], spec: tuple[tuple[str, int], ...], prefix: str = "") -> list[str]:
+    """Required strings by (name, max length): one tight loop, the precise error when not."""
+    out: list[str] = []
+    for name, max_len in spec:
+        value = obj.get(name)
+        if type(value) is not str or not 0 < len(value) <= max_len:
+            value = _required_text(obj, name, max_len, prefix)  # raises with field and detail
+        out.append(value)
+    return out
+
+
+def _optional_text(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None or (type(value) is str and 0 < len(value) <= 128):
+        return value
+    return _text(obj, name, 128, required=False)  # raises
+
+
+_PRODUCT_TEXTS = (("event_name", 128), ("channel", 64), ("user_id", 128))
+
+
 def _product_event(obj: dict[str, Any], payload: bytes, source: Source) -> ProductEvent:
-    event_name = _required_text(obj, "event_name", 128)
-    channel = _required_text(obj, "channel", 64)
-    user_id = _required_text(obj, "user_id", 128)
-    if "timestamp" not in obj:
+    event_name, channel, user_id = _texts(obj, _PRODUCT_TEXTS)
+    ts = obj.get("timestamp", _MISSING)
+    if type(ts) is int and 0 <= ts < _MAX_INT_SECONDS:
+        ts_us = ts * 1_000_000  # the common case, without the general parser
+    elif ts is _MISSING:
         raise _Bad("timestamp", "is required")
-    try:
-        ts_us = parse_timestamp(obj["timestamp"])
-    except ValueError as exc:
-        raise _Bad("timestamp", str(exc)) from None
-    event_id = _text(obj, "event_id", 128, required=False)
-    _text(obj, "campaign_id", 128, required=False)
+    else:
+        try:
+            ts_us = parse_timestamp(ts)
+        except ValueError as exc:
+            raise _Bad("timestamp", str(exc)) from None
+    event_id = _optional_text(obj, "event_id")
+    _optional_text(obj, "campaign_id")
     _check_tags(obj.get("tags"))
     _check_metadata(obj.get("metadata"), len(payload))
     job = _job_ref(obj.get("_ingestion"))
@@ -144,7 +174,11 @@ def _check_metadata(metadata: object, payload_len: int) -> None:
         raise _Bad("metadata", "must be a JSON object")
     # Measured on one canonical serialisation, so a single message and an
     # envelope element (re-serialised) get the same verdict.
-    if metadata and len(orjson.dumps(metadata)) > METADATA_MAX_BYTES:
+    if (
+        metadata
+        and payload_len > _METADATA_SAFE_PAYLOAD
+        and len(orjson.dumps(metadata)) > METADATA_MAX_BYTES
+    ):
         raise _Bad("metadata", f"must be at most {METADATA_MAX_BYTES} bytes of JSON")
 
 
@@ -164,6 +198,11 @@ def _number(obj: dict[str, Any], name: str, prefix: str) -> float | None:
     if value < 0:
         raise _Bad(prefix + name, "must not be negative")
     return float(value)
+
+
+_TRACE_TEXTS = (("trace_id", 128), ("span_id", 128))
+_TENANT_TEXTS = (("tenant_id", 128), ("workspace_id", 128), ("project_id", 128))
+_RUN_TEXTS = (("agent_id", 128), ("workflow_id", 128), ("run_id", 128), ("status", 64))
 
 
 def _agent_event(obj: dict[str, Any], payload: bytes, source: Source) -> AgentEvent:
@@ -186,20 +225,21 @@ def _agent_event(obj: dict[str, Any], payload: bytes, source: Source) -> AgentEv
     tenant = _section(obj, "tenant")
     run = _section(obj, "run")
     trace = _section(obj, "trace")
-    _required_text(trace, "trace_id", 128, "trace.")
-    _required_text(trace, "span_id", 128, "trace.")
+    _texts(trace, _TRACE_TEXTS, "trace.")
+    tenant_id, workspace_id, project_id = _texts(tenant, _TENANT_TEXTS, "tenant.")
+    agent_id, workflow_id, run_id, status = _texts(run, _RUN_TEXTS, "run.")
     return AgentEvent(
         dedup_key=event_id.lower(),
         event_type=event_type,
         ts_us=ts_us,
         hour_us=hour_start_us(ts_us),
-        tenant_id=_required_text(tenant, "tenant_id", 128, "tenant."),
-        workspace_id=_required_text(tenant, "workspace_id", 128, "tenant."),
-        project_id=_required_text(tenant, "project_id", 128, "tenant."),
-        agent_id=_required_text(run, "agent_id", 128, "run."),
-        workflow_id=_required_text(run, "workflow_id", 128, "run."),
-        run_id=_required_text(run, "run_id", 128, "run."),
-        status=_required_text(run, "status", 64, "run."),
+        tenant_id=tenant_id,
+        workspace_id=workspace_id,
+        project_id=project_id,
+        agent_id=agent_id,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        status=status,
         cost_usd=_number(run, "cost_usd", "run."),
         latency_ms=_number(run, "latency_ms", "run."),
         payload=payload,
