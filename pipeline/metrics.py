@@ -140,6 +140,11 @@ class WorkerMetrics:
         self.events_in = r.counter("pipeline_events_in_total", "valid events read (before dedup)")
         self.stored = r.counter("pipeline_events_stored_total", "events newly stored")
         self.duplicates = r.counter("pipeline_duplicates_total", "duplicate events dropped")
+        self.duplicates_filtered = r.counter(
+            "pipeline_duplicates_filtered_total",
+            "duplicates dropped before the sink (in-batch copies and the Faust dedup state)",
+        )
+        self.dedup_keys = r.gauge("pipeline_dedup_state_keys", "keys in the Faust dedup state")
         self.dead_lettered = r.counter("pipeline_dead_lettered_total", "messages/elements to DLQ")
         self.late = r.counter("pipeline_late_events_total", "events stored after hour completion")
         self.batches = r.counter("pipeline_batches_total", "batches committed")

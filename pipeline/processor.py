@@ -90,7 +90,9 @@ class Processor:
         for m in messages:
             if m.offset < first_offsets.get(m.partition, m.offset + 1):
                 first_offsets[m.partition] = m.offset
-        self._dedup.load_partitions(first_offsets)
+        loaded = self._dedup.load_partitions(first_offsets)
+        if loaded:
+            log.info("dedup state recovered", extra={"keys": loaded, "total": len(self._dedup)})
         now_us = int(self._clock() * 1_000_000)
         plan = plan_batch(messages, self._limits, now_us, self._watermarks, self._dedup.seen)
         seeks = self.guard.check(plan, first_offsets)
@@ -128,6 +130,8 @@ class Processor:
         m.events_in.inc(len(plan.products) + len(plan.agents) + plan.duplicates)
         m.stored.inc(result.stored)
         m.duplicates.inc(plan.duplicates + result.duplicates)
+        m.duplicates_filtered.inc(plan.duplicates)
+        m.dedup_keys.set(len(self._dedup))
         m.dead_lettered.inc(result.dead_lettered)
         m.late.inc(sum(e.late for e in plan.events))
         m.batches.inc()

@@ -21,7 +21,7 @@ from pipeline.reconcile import reconcile, rollups_as_rows, wait_until_processed
 from pipeline.settings import Settings
 from producers.generate import LoadOptions, Workload, build_workload, publish_workload
 from producers.publisher import Publisher, Receipt
-from tests.conftest import Workers, wait_for
+from tests.conftest import Workers, http_get, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +151,33 @@ async def test_sigkill_mid_load_then_restart(settings: Settings, workers: Worker
     await wait_until_processed(dsn, settings.events_topic, receipt.end_offsets, 180)
     await assert_invariants(settings, workload)
     assert second.proc.poll() is None, second.tail()
+
+
+async def test_dedup_state_survives_a_restart_through_its_changelog(
+    settings: Settings, workers: Workers
+) -> None:
+    """The Faust dedup table is recovered from its changelog by the next worker."""
+    first = workers.start()
+    events = [
+        {"event_name": "view", "channel": "web", "user_id": f"u{i}", "timestamp": 1_700_000_000 + i}
+        for i in range(2_000)
+    ]
+    dsn = settings.database_url or ""
+    async with Publisher(settings) as pub:
+        receipt = await pub.publish_events(events)
+    await wait_until_processed(dsn, settings.events_topic, receipt.end_offsets, 120)
+    assert first.terminate() == 0
+    second = workers.start()
+    async with Publisher(settings) as pub:
+        receipt.merge(await pub.publish_events(events))  # every one a duplicate
+    await wait_until_processed(dsn, settings.events_topic, receipt.end_offsets, 120)
+
+    async def filtered() -> float:
+        text = (await http_get(second.web_port, "/metrics"))[1].decode()
+        return metric_value(text, "pipeline_duplicates_filtered_total")
+
+    assert await wait_for(filtered, 30, "the duplicates counter") == 2_000
+    report = await reconcile(dsn)
+    assert report.product_events == 2_000
+    assert report.consistent
+    assert "dedup state recovered" in second.log.read_text()

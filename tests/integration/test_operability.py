@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
-import urllib.error
-import urllib.request
 
 import orjson
 import pytest
@@ -17,29 +14,9 @@ from pipeline.runner import worker_env
 from pipeline.settings import Settings
 from pipeline.status import Status, collect_status
 from producers.publisher import Publisher
-from tests.conftest import Workers, wait_for
+from tests.conftest import Workers, http_get, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    def fetch() -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except OSError:
-            return 0, b""
-
-    return await asyncio.to_thread(fetch)
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M):
-        total += float(m.group(1))
-    return total
 
 
 async def test_health_and_metrics_of_a_working_worker(settings: Settings, workers: Workers) -> None:
@@ -57,29 +34,29 @@ async def test_health_and_metrics_of_a_working_worker(settings: Settings, worker
     )
 
     async def ready() -> bool:
-        status, body = await _get(worker.web_port, "/health/ready")
+        status, body = await http_get(worker.web_port, "/health/ready")
         return status == 200 and orjson.loads(body)["database"]
 
     await wait_for(ready, 30, "/health/ready to answer 200")
-    status, body = await _get(worker.web_port, "/health/live")
+    status, body = await http_get(worker.web_port, "/health/live")
     assert status == 200, body
     assert orjson.loads(body)["stuck_partitions"] == []
-    status, body = await _get(worker.web_port, "/health/ready")
+    status, body = await http_get(worker.web_port, "/health/ready")
     assert sorted(orjson.loads(body)["partitions"]) == list(range(settings.events_partitions))
 
     async def counted() -> str | None:
-        _, text = await _get(worker.web_port, "/metrics")
+        _, text = await http_get(worker.web_port, "/metrics")
         metrics = text.decode()
-        return metrics if _metric(metrics, "pipeline_dead_lettered_total") == 7 else None
+        return metrics if metric_value(metrics, "pipeline_dead_lettered_total") == 7 else None
 
     text = await wait_for(counted, 30, "metrics to count the batch")
-    assert _metric(text, "pipeline_events_stored_total") == 500
-    assert _metric(text, "pipeline_duplicates_total") == 50
-    assert _metric(text, "pipeline_messages_total") == 557
-    assert _metric(text, "pipeline_partition_lag") == 0
-    assert _metric(text, "pipeline_batch_messages_count") >= 1
+    assert metric_value(text, "pipeline_events_stored_total") == 500
+    assert metric_value(text, "pipeline_duplicates_total") == 50
+    assert metric_value(text, "pipeline_messages_total") == 557
+    assert metric_value(text, "pipeline_partition_lag") == 0
+    assert metric_value(text, "pipeline_batch_messages_count") >= 1
     assert "pipeline_sink_seconds_bucket" in text
-    assert (await _get(worker.web_port, "/nope"))[0] == 404
+    assert (await http_get(worker.web_port, "/nope"))[0] == 404
 
 
 async def test_ready_fails_while_the_database_is_unreachable(
@@ -88,7 +65,7 @@ async def test_ready_fails_while_the_database_is_unreachable(
     worker = workers.start(DATABASE_URL="postgresql://postgres@127.0.0.1:9/nowhere")
 
     async def answered() -> tuple[int, bytes] | None:
-        status, body = await _get(worker.web_port, "/health/ready")
+        status, body = await http_get(worker.web_port, "/health/ready")
         return (status, body) if status else None
 
     status, body = await wait_for(answered, 60, "the worker's web port")

@@ -1,0 +1,868 @@
+"""The HTTP gateway against the real broker and PostgreSQL: every endpoint, every error path.
+
+The gateway runs in-process under uvicorn on a free loopback port (the graceful
+shutdown test runs ``python -m producers.gateway`` as a process). Workers are
+real ``python -m pipeline worker`` processes; tests wait for them with the end
+offsets the gateway was acknowledged (``Gateway.published``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import uvicorn
+import yaml
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.reconcile import reconcile, wait_until_processed
+from pipeline.settings import Settings
+from pipeline.stack import free_port
+from producers.gateway.app import Gateway
+from producers.gateway.bench import gateway_env
+from producers.gateway.settings import GatewaySettings
+from tests.conftest import REPO, Workers, wait_for
+
+pytestmark = pytest.mark.integration
+
+JSON = {"Content-Type": "application/json"}
+NOW = int(time.time())
+
+
+@dataclass
+class Served:
+    url: str
+    app: Gateway
+    client: httpx.AsyncClient
+
+    async def post(self, path: str, body: Any, **headers: str) -> httpx.Response:
+        return await self.client.post(path, content=orjson.dumps(body), headers=JSON | headers)
+
+    async def get(self, path: str, **params: Any) -> httpx.Response:
+        return await self.client.get(path, params=params)
+
+    async def processed(self, settings: Settings, timeout: float = 120) -> None:
+        offsets = dict(self.app.published.end_offsets)
+        await wait_until_processed(
+            settings.database_url or "", settings.events_topic, offsets, timeout
+        )
+
+
+@asynccontextmanager
+async def serve(gs: GatewaySettings) -> AsyncIterator[Served]:
+    """uvicorn with the gateway on a free port, in this event loop."""
+    app = Gateway(gs)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="on", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():
+            raise AssertionError(f"the gateway did not start: {task.result()!r}")
+        return server.started
+
+    await wait_for(started, 30, "the gateway to start", interval=0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield Served(url, app, client)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def gateway_settings(settings: Settings, **changes: Any) -> GatewaySettings:
+    return GatewaySettings(pipeline=settings, host="127.0.0.1", access_log=False, **changes)
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Served]:
+    async with serve(gateway_settings(settings)) as served:
+        yield served
+
+
+def product(i: int, **changes: Any) -> dict[str, Any]:
+    event = {
+        "event_name": ["page_view", "purchase"][i % 2],
+        "channel": ["web", "ios", "email"][i % 3],
+        "user_id": f"u{i % 7}",
+        "timestamp": 1_700_000_000 + (i % 3) * 3600 + i,
+    }
+    return event | changes
+
+
+def agent(event_type: str, **run: Any) -> dict[str, Any]:
+    return {
+        "event_version": "v0",
+        "event_id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tenant": {"tenant_id": "acme", "workspace_id": "ws-main", "project_id": "support-bot"},
+        "run": {
+            "run_id": f"run-{uuid.uuid4().hex[:6]}",
+            "agent_id": "triage-agent",
+            "workflow_id": "ticket-triage",
+            "status": "running",
+            **run,
+        },
+        "trace": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"},
+    }
+
+
+async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+# --- the seeds' curl examples (docs/gateway.md), with the same bodies ---
+
+
+async def test_seed_examples_work_as_written(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    workers.start()
+    r = await gateway.post(
+        "/events",
+        {"event_name": "page_view", "channel": "web", "user_id": "u1", "timestamp": 1700000000},
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 1 and r.json()["dedup_key"].startswith("h:")
+
+    r = await gateway.post(
+        "/events/bulk",
+        {
+            "events": [
+                {
+                    "event_name": "page_view",
+                    "channel": "web",
+                    "user_id": "u2",
+                    "timestamp": "2023-11-14T22:15:00Z",
+                },
+                {
+                    "event_name": "purchase",
+                    "channel": "ios",
+                    "user_id": "u1",
+                    "timestamp": 1700001000,
+                    "metadata": {"price": 19.99},
+                },
+            ]
+        },
+    )
+    assert r.status_code == 202 and r.json() == {"accepted": 2, "rejected": 0}, r.text
+
+    started = agent("run.started")
+    completed = agent("run.completed", status="succeeded", cost_usd=0.0123, latency_ms=5321)
+    for event in (started, completed):
+        r = await gateway.post("/v1/events", event)
+        assert r.status_code == 202, r.text
+        assert r.json()["event_id"] == event["event_id"]
+
+    r = await gateway.post(
+        "/v1/ingestions",
+        {
+            "tenantId": "acme",
+            "events": [
+                {"type": "document.processed", "timestamp": 1700000000, "payload": {"pages": 3}}
+            ],
+        },
+        **{"Idempotency-Key": "seed-example-1"},
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["jobId"]
+
+    await gateway.processed(settings)
+    r = await gateway.get(
+        "/metrics", event_name="page_view", **{"from": 1699999200}, to=1700006400, group_by="hour"
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["totals"] == {"events": 2, "unique_users": 2}
+    assert [(b["start"], b["events"]) for b in body["buckets"]] == [("2023-11-14T22:00:00Z", 2)]
+
+    r = await gateway.get("/v1/metrics/overview", window_hours=24)
+    assert r.status_code == 200, r.text
+    o = r.json()
+    assert (o["total_runs"], o["succeeded"], o["success_rate"]) == (1, 1, 1.0)
+    assert o["total_cost_usd"] == 0.0123 and o["avg_latency_ms"] == 5321.0
+
+    r = await gateway.get(f"/v1/ingestions/{job_id}")
+    assert r.json()["status"] == "completed" and r.json()["stored"] == 1, r.text
+    r = await gateway.get(f"/v1/results/{job_id}")
+    assert [(x["type"], x["count"]) for x in r.json()["results"]] == [("document.processed", 1)]
+
+
+async def test_the_documented_examples_run_as_written(gateway: Served) -> None:
+    """The curl block of docs/gateway.md, verbatim, with curl failing on any HTTP error."""
+    assert shutil.which("curl"), "curl is needed to run the documented examples"
+    text = (REPO / "docs" / "gateway.md").read_text()
+    block = text.split("## Examples", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    script = 'set -euo pipefail\ncurl() { command curl --fail-with-body "$@"; echo; }\n' + block
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        script,
+        env={**os.environ, "GW": gateway.url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, (out + err).decode()
+    replies = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(replies) == 10 and not [r for r in replies if "errors" in r], replies
+    assert replies[0]["accepted"] == 1 and replies[1] == {"accepted": 2, "rejected": 0}
+    assert replies[3]["accepted"] == 2 and replies[3]["tenantId"] == "acme"
+
+
+# --- exactly once through the gateway ---
+
+
+async def test_the_same_bulk_posted_twice_counts_once(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    workers.start()
+    events = [product(i) for i in range(300)]
+    for _ in range(2):
+        r = await gateway.post("/events/bulk", events)
+        assert r.status_code == 202 and r.json()["accepted"] == 300, r.text
+    await gateway.processed(settings)
+
+    dsn = settings.database_url or ""
+    report = await reconcile(dsn)
+    assert report.product_events == 300
+    assert report.consistent
+    expected = Counter((e["event_name"], e["channel"]) for e in events)
+    rows = await fetch(
+        dsn,
+        "SELECT event_name, channel, sum(event_count) AS n"
+        " FROM rollup_channel_hourly GROUP BY 1, 2",
+    )
+    assert {(r["event_name"], r["channel"]): r["n"] for r in rows} == expected
+
+    r = await gateway.get(
+        "/metrics", **{"from": 1_699_999_200}, to=1_700_020_000, group_by="channel"
+    )
+    by_channel = {b["channel"]: b["events"] for b in r.json()["buckets"]}
+    assert by_channel == {"email": 100, "ios": 100, "web": 100}
+    assert r.json()["totals"] == {"events": 300, "unique_users": 7}
+
+
+async def test_single_posts_and_retries_count_once(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    workers.start()
+    events = [product(i, event_id=f"evt-{i}") for i in range(60)]
+    replies = await asyncio.gather(*(gateway.post("/events", e) for e in events + events[:20]))
+    assert {r.status_code for r in replies} == {202}
+    assert [r.json()["event_id"] for r in replies[:3]] == ["evt-0", "evt-1", "evt-2"]
+    await gateway.processed(settings)
+    report = await reconcile(settings.database_url or "")
+    assert report.product_events == 60 and report.consistent
+
+
+# --- metrics ---
+
+
+async def test_metrics_buckets_and_exact_unique_users(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    workers.start()
+    day = 1_700_006_400  # 2023-11-15T00:00:00Z
+    events = [
+        # u1 in two hours and on two channels, u2 once, another event name once
+        {"event_name": "view", "channel": "web", "user_id": "u1", "timestamp": day + 60},
+        {"event_name": "view", "channel": "ios", "user_id": "u1", "timestamp": day + 120},
+        {"event_name": "view", "channel": "web", "user_id": "u1", "timestamp": day + 3600 + 5},
+        {"event_name": "view", "channel": "web", "user_id": "u2", "timestamp": day + 3600 + 9},
+        {"event_name": "buy", "channel": "web", "user_id": "u3", "timestamp": day + 7200},
+        {"event_name": "view", "channel": "web", "user_id": "u4", "timestamp": day + 86400},
+    ]
+    assert (await gateway.post("/events/bulk", events)).status_code == 202
+    await gateway.processed(settings)
+    window = {"event_name": "view", "from": day, "to": day + 2 * 86400}
+
+    hourly = (await gateway.get("/metrics", **window, group_by="hour")).json()
+    assert [(b["start"], b["events"], b["unique_users"]) for b in hourly["buckets"]] == [
+        ("2023-11-15T00:00:00Z", 2, 1),
+        ("2023-11-15T01:00:00Z", 2, 2),
+        ("2023-11-16T00:00:00Z", 1, 1),
+    ]
+    daily = (await gateway.get("/metrics", **window, group_by="day")).json()
+    # Day 1: u1 and u2 (a sum of hourly uniques would say 3).
+    assert [(b["start"], b["events"], b["unique_users"]) for b in daily["buckets"]] == [
+        ("2023-11-15T00:00:00Z", 4, 2),
+        ("2023-11-16T00:00:00Z", 1, 1),
+    ]
+    assert daily["totals"] == {"events": 5, "unique_users": 3}
+    channels = (await gateway.get("/metrics", **window, group_by="channel")).json()
+    assert [(b["channel"], b["events"], b["unique_users"]) for b in channels["buckets"]] == [
+        ("ios", 1, 1),
+        ("web", 4, 3),
+    ]
+    web = (await gateway.get("/metrics", **window, channel="web", group_by="day")).json()
+    assert web["totals"] == {"events": 4, "unique_users": 3}
+    # RFC 3339 with an offset, "+" unencoded in the query string (arrives as a space)
+    r = await gateway.client.get(
+        "/metrics?event_name=view&from=2023-11-15T05:30:00+05:30&to=2023-11-15T01:00:00Z"
+    )
+    assert r.status_code == 200 and r.json()["totals"]["events"] == 2, r.text
+
+
+async def test_metrics_overview_of_agent_runs(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    workers.start()
+    events = [
+        agent("run.started"),
+        agent("run.started"),
+        agent("run.started"),
+        agent("run.completed", status="succeeded", cost_usd=0.5, latency_ms=1000),
+        agent("run.completed", status="succeeded", cost_usd=0.25, latency_ms=2000),
+        agent("run.failed", status="failed", cost_usd=None, latency_ms=None),
+    ]
+    other = agent("run.started")
+    other["tenant"]["tenant_id"] = "globex"
+    for e in [*events, other]:
+        assert (await gateway.post("/v1/events", e)).status_code == 202
+    await gateway.processed(settings)
+
+    first = (await gateway.get("/v1/metrics/overview", window_hours=24, tenant_id="acme")).json()
+    assert first["total_runs"] == 3 and (first["succeeded"], first["failed"]) == (2, 1)
+    assert first["success_rate"] == round(2 / 3, 6)
+    assert first["total_cost_usd"] == 0.75 and first["avg_latency_ms"] == 1500.0
+    again = (await gateway.get("/v1/metrics/overview", window_hours=24, tenant_id="acme")).json()
+    assert orjson.dumps(again) == orjson.dumps(first), "the output must be deterministic"
+    everyone = (await gateway.get("/v1/metrics/overview")).json()
+    assert everyone["total_runs"] == 4 and everyone["window_hours"] == 24
+    none = (await gateway.get("/v1/metrics/overview", agent_id="nobody")).json()
+    assert (none["total_runs"], none["success_rate"], none["avg_latency_ms"]) == (0, 0.0, 0.0)
+
+
+async def test_metrics_parameter_errors(gateway: Served) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"group_by": "week"}, "group_by"),
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2023-11-14"}, "to"),
+        ({"from": 1_700_003_600, "to": 1_700_000_000}, "to"),
+        ({"from": 0, "to": 1_700_000_000}, "from"),
+        ({"event_name": ""}, "event_name"),
+        ({"channel": "x" * 65}, "channel"),
+    ]
+    for params, field in cases:
+        r = await gateway.get("/metrics", **params)
+        assert r.status_code == 400, (params, r.text)
+        assert field in [e["field"] for e in r.json()["errors"]], (params, r.text)
+    for value in ("0", "8785", "a", "-1"):
+        r = await gateway.get("/v1/metrics/overview", window_hours=value)
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == "window_hours"
+
+
+# --- ingestion jobs ---
+
+
+async def test_ingestion_job_status_results_and_idempotency(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    body = {
+        "tenantId": "acme",
+        "events": [
+            {"type": "doc.uploaded", "timestamp": 1_700_000_000 + i, "payload": {"n": i}}
+            for i in range(5)
+        ]
+        + [{"type": "doc.deleted", "timestamp": "2023-11-14T23:00:00Z"}],
+    }
+    key = {"Idempotency-Key": f"job-{uuid.uuid4()}"}
+    r = await gateway.post("/v1/ingestions", body, **key)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["jobId"]
+    assert r.json() == {"jobId": job_id, "status": "accepted", "accepted": 6}
+
+    status = (await gateway.get(f"/v1/ingestions/{job_id}")).json()
+    assert (status["status"], status["accepted"], status["stored"]) == ("accepted", 6, 0)
+    results = (await gateway.get(f"/v1/results/{job_id}")).json()
+    assert results["results"] == [] and results["status"] == "accepted"
+
+    # Same key, same body (keys in another order): the same job, nothing published again.
+    offsets = dict(gateway.app.published.end_offsets)
+    reordered = {"events": body["events"], "tenantId": "acme"}
+    again = await gateway.post("/v1/ingestions", reordered, **key)
+    assert again.status_code == 202 and again.json()["jobId"] == job_id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert gateway.app.published.end_offsets == offsets
+    # Same key, another body: 409.
+    other = {"tenantId": "acme", "events": body["events"][:1]}
+    conflict = await gateway.post("/v1/ingestions", other, **key)
+    assert conflict.status_code == 409 and conflict.json()["jobId"] == job_id
+    assert conflict.json()["errors"][0]["field"] == "Idempotency-Key"
+
+    workers.start()
+    await gateway.processed(settings)
+
+    async def completed() -> dict[str, Any] | None:
+        s = (await gateway.get(f"/v1/ingestions/{job_id}")).json()
+        return s if s["status"] == "completed" else None
+
+    done = await wait_for(completed, 60, "the job to complete")
+    assert (done["stored"], done["duplicates"], done["deadLettered"]) == (6, 0, 0)
+    results = (await gateway.get(f"/v1/results/{job_id}")).json()
+    assert results["totalEvents"] == 6
+    assert [(x["type"], x["count"]) for x in results["results"]] == [
+        ("doc.deleted", 1),
+        ("doc.uploaded", 5),
+    ]
+    rows = await fetch(
+        settings.database_url or "",
+        "SELECT channel, user_id, payload->'metadata' AS m FROM raw_events"
+        " WHERE ingestion_job_id = $1 ORDER BY occurred_at",
+        uuid.UUID(job_id),
+    )
+    assert {(r["channel"], r["user_id"]) for r in rows} == {("ingestion", "acme")}
+    assert orjson.loads(rows[0]["m"]) == {"n": 0}
+
+    # A replay after completion still publishes nothing and reports the same job.
+    third = await gateway.post("/v1/ingestions", body, **key)
+    assert third.json()["jobId"] == job_id
+    assert gateway.app.published.end_offsets == offsets
+    # Without a key every request is a new job.
+    fresh = await gateway.post("/v1/ingestions", body)
+    assert fresh.status_code == 202 and fresh.json()["jobId"] != job_id
+
+
+async def test_ingestion_is_all_or_nothing(settings: Settings, gateway: Served) -> None:
+    body = {
+        "tenantId": "acme",
+        "events": [
+            {"type": "ok", "timestamp": 1_700_000_000},
+            {"type": "", "timestamp": 1_700_000_000},
+            {"type": "late", "timestamp": "yesterday"},
+            {"type": "big", "timestamp": 1_700_000_000, "payload": [1, 2]},
+            "not an object",
+        ],
+    }
+    r = await gateway.post("/v1/ingestions", body)
+    assert r.status_code == 400
+    assert [(e["field"], e.get("index")) for e in r.json()["errors"]] == [
+        ("events[1].type", 1),
+        ("events[2].timestamp", 2),
+        ("events[3].payload", 3),
+        ("events[4]", 4),
+    ]
+    bad_tenant = await gateway.post(
+        "/v1/ingestions", {"tenantId": 7, "events": [{"type": "x", "timestamp": 1}]}
+    )
+    assert bad_tenant.json()["errors"] == [
+        {"field": "tenantId", "error": "must be a string, got int"}
+    ]
+    for wrong in ({"tenantId": "a"}, {"tenantId": "a", "events": []}, [1]):
+        assert (await gateway.post("/v1/ingestions", wrong)).status_code == 400
+    bad_key = await gateway.post(
+        "/v1/ingestions", body | {"events": body["events"][:1]}, **{"Idempotency-Key": "x" * 256}
+    )
+    assert bad_key.json()["errors"][0]["field"] == "Idempotency-Key"
+    rows = await fetch(settings.database_url or "", "SELECT count(*) AS n FROM ingestion_jobs")
+    assert rows[0]["n"] == 0
+    assert gateway.app.published.end_offsets == {}
+
+
+async def test_job_lookups_404_and_400(gateway: Served) -> None:
+    for path in ("/v1/ingestions", "/v1/results"):
+        missing = await gateway.get(f"{path}/{uuid.uuid4()}")
+        assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "jobId"
+        malformed = await gateway.get(f"{path}/not-a-uuid")
+        assert malformed.status_code == 400 and malformed.json()["errors"][0]["field"] == "jobId"
+
+
+# --- request errors ---
+
+
+async def test_structured_400s_name_each_field(gateway: Served) -> None:
+    cases: list[tuple[str, Any, str]] = [
+        ("/events", {"channel": "web", "user_id": "u", "timestamp": 1}, "event_name"),
+        ("/events", product(1, timestamp=True), "timestamp"),
+        ("/events", product(1, tags=["ok", ""]), "tags[1]"),
+        ("/events", product(1, timestamp=NOW + 7200), "timestamp"),  # MAX_FUTURE_SECONDS
+        ("/events", [product(1)], "body"),
+        ("/events", agent("run.started"), "event_version"),
+        ("/v1/events", product(1), "event_version"),
+        ("/v1/events", agent("run.started") | {"event_id": "nope"}, "event_id"),
+        (
+            "/v1/events",
+            {**agent("run.started"), "tenant": {"tenant_id": "a"}},
+            "tenant.workspace_id",
+        ),
+        ("/events/bulk", {"events": "x"}, "events"),
+        ("/events/bulk", [], "events"),
+        ("/events/bulk", [product(i) for i in range(1001)], "events"),
+    ]
+    for path, body, field in cases:
+        r = await gateway.post(path, body)
+        assert r.status_code == 400, (path, body, r.text)
+        errors = r.json()["errors"]
+        assert field in [e["field"] for e in errors], (path, field, errors)
+        assert all(isinstance(e["error"], str) and e["error"] for e in errors)
+    nul = await gateway.client.post(
+        "/events",
+        content=b'{"event_name":"a\\u0000","channel":"w","user_id":"u","timestamp":1}',
+        headers=JSON,
+    )
+    assert nul.status_code == 400 and "NUL" in nul.json()["errors"][0]["error"]
+    broken = await gateway.client.post("/events", content=b'{"event_name": ', headers=JSON)
+    assert broken.status_code == 400 and broken.json()["errors"][0]["field"] == "body"
+    assert gateway.app.published.end_offsets == {}
+
+
+async def test_bulk_accepts_the_valid_events_and_lists_the_others(
+    settings: Settings, workers: Workers, gateway: Served
+) -> None:
+    workers.start()
+    events = [product(0), {"event_name": "x"}, 5, product(3, channel=""), product(4)]
+    r = await gateway.post("/events/bulk", events)
+    assert r.status_code == 202
+    body = r.json()
+    assert (body["accepted"], body["rejected"]) == (2, 3)
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [
+        (1, "events[1].channel"),
+        (2, "events[2]"),
+        (3, "events[3].channel"),
+    ]
+    all_bad = await gateway.post("/events/bulk", [{"event_name": "x"}])
+    assert all_bad.status_code == 400 and all_bad.json()["accepted"] == 0
+    await gateway.processed(settings)
+    assert (await reconcile(settings.database_url or "")).product_events == 2
+
+
+async def test_413_415_404_405(settings: Settings) -> None:
+    async with serve(gateway_settings(settings, max_body_bytes=2048)) as gw:
+        big = product(1, metadata={"pad": "x" * 4000})
+        r = await gw.post("/events", big)
+        assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+            for _ in range(10):
+                yield b" " * 500
+            yield orjson.dumps(product(1))
+
+        chunked = await gw.client.post("/events", content=chunks(), headers=JSON)
+        assert chunked.status_code == 413
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=headers)
+            assert r.status_code == 415 and r.json()["errors"][0]["field"] == "Content-Type"
+        ok = await gw.client.post(
+            "/events",
+            content=orjson.dumps(product(1)),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert ok.status_code == 202
+        r = await gw.get("/nope")
+        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "path"
+        r = await gw.client.get("/events")
+        assert r.status_code == 405 and r.headers["Allow"] == "POST"
+        r = await gw.client.delete("/metrics")
+        assert r.status_code == 405 and r.headers["Allow"] == "GET"
+
+
+# --- API keys and rate limits ---
+
+
+async def test_api_keys(settings: Settings) -> None:
+    gs = gateway_settings(settings, api_keys=("key-one", "key-two"))
+    async with serve(gs) as gw:
+        body = orjson.dumps(product(1))
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"X-API-Key": "key-on"},
+            {"Authorization": "Basic key-one"},
+        ):
+            r = await gw.client.post("/events", content=body, headers=JSON | headers)
+            assert r.status_code == 401, headers
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+            assert r.json()["errors"][0]["field"] == "Authorization"
+        for headers in ({"Authorization": "Bearer key-one"}, {"X-API-Key": "key-two"}):
+            r = await gw.client.post("/events", content=body, headers=JSON | headers)
+            assert r.status_code == 202, r.text
+        assert (await gw.get("/metrics")).status_code == 401
+        assert (await gw.get("/v1/ingestions/" + str(uuid.uuid4()))).status_code == 401
+        for open_path in ("/healthz", "/readyz", "/health/live", "/health/ready", "/openapi.json"):
+            assert (await gw.get(open_path)).status_code == 200, open_path
+        doc = (await gw.get("/openapi.json")).json()
+        assert doc["security"] == [{"bearer": []}, {"apiKey": []}]
+
+
+async def test_rate_limit_per_key_on_metrics(settings: Settings) -> None:
+    gs = gateway_settings(settings, api_keys=("a", "b"), metrics_rate_limit_per_minute=3)
+    async with serve(gs) as gw:
+        a = {"X-API-Key": "a"}
+        statuses = [
+            (await gw.client.get("/v1/metrics/overview", headers=a)).status_code for _ in range(3)
+        ]
+        assert statuses == [200, 200, 200]
+        limited = await gw.client.get("/metrics", headers=a)
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["Retry-After"]) <= 20
+        assert limited.json()["errors"][0]["error"].startswith("rate limit")
+        assert (await gw.client.get("/metrics", headers={"X-API-Key": "b"})).status_code == 200
+        # Ingestion is not rate limited.
+        r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=JSON | a)
+        assert r.status_code == 202
+
+
+# --- outages ---
+
+
+async def test_broker_outage_is_a_503_never_a_drop(settings: Settings) -> None:
+    closed = settings.with_overrides(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    async with serve(gateway_settings(closed, publish_timeout_seconds=2)) as gw:
+        assert (await gw.get("/healthz")).status_code == 200
+        ready = await gw.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
+        assert ready.json()["checks"]["broker"] != "ok"
+        assert (await gw.get("/health/ready")).status_code == 503
+        for path, body in (
+            ("/events", product(1)),
+            ("/events/bulk", [product(1), product(2)]),
+            ("/v1/events", agent("run.started")),
+            ("/v1/ingestions", {"tenantId": "t", "events": [{"type": "x", "timestamp": 1}]}),
+        ):
+            r = await gw.post(path, body)
+            assert r.status_code == 503, (path, r.text)
+            assert int(r.headers["Retry-After"]) >= 1
+            assert r.json()["errors"][0]["error"]
+        assert gw.app.published.end_offsets == {}
+
+
+async def test_a_replay_after_a_503_publishes_the_job(settings: Settings, workers: Workers) -> None:
+    body = {
+        "tenantId": "t",
+        "events": [{"type": "x", "timestamp": 1_700_000_000 + i} for i in range(3)],
+    }
+    key = {"Idempotency-Key": "retry-me"}
+    closed = settings.with_overrides(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    async with serve(gateway_settings(closed)) as down:
+        assert (await down.post("/v1/ingestions", body, **key)).status_code == 503
+    workers.start()
+    async with serve(gateway_settings(settings)) as up:
+        r = await up.post("/v1/ingestions", body, **key)
+        assert r.status_code == 202 and r.json()["replayed"] is True
+        await up.processed(settings)
+
+        async def completed() -> bool:
+            s = (await up.get(f"/v1/ingestions/{r.json()['jobId']}")).json()
+            return bool(s["status"] == "completed" and s["stored"] == 3)
+
+        await wait_for(completed, 60, "the replayed job to complete")
+
+
+async def test_database_outage_is_a_503(settings: Settings) -> None:
+    no_db = settings.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    async with serve(gateway_settings(no_db)) as gw:
+        for path in ("/metrics", "/v1/metrics/overview", f"/v1/ingestions/{uuid.uuid4()}"):
+            r = await gw.get(path)
+            assert r.status_code == 503 and r.headers["Retry-After"], (path, r.text)
+        r = await gw.post(
+            "/v1/ingestions", {"tenantId": "t", "events": [{"type": "x", "timestamp": 1}]}
+        )
+        assert r.status_code == 503
+        ready = await gw.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "ok"
+        # Plain events need no database.
+        assert (await gw.post("/events", product(1))).status_code == 202
+
+
+# --- health and documents ---
+
+
+async def test_health_endpoints(gateway: Served) -> None:
+    for path in ("/healthz", "/health/live"):
+        r = await gateway.get(path)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+    for path in ("/readyz", "/health/ready"):
+        r = await gateway.get(path)
+        assert r.status_code == 200
+        assert r.json() == {"status": "ready", "checks": {"broker": "ok", "database": "ok"}}
+
+
+async def test_openapi_json_and_yaml(gateway: Served) -> None:
+    r = await gateway.get("/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["openapi"] == "3.1.0" and "security" not in doc
+    assert set(doc["paths"]) >= {
+        "/events",
+        "/events/bulk",
+        "/v1/events",
+        "/v1/ingestions",
+        "/v1/ingestions/{jobId}",
+        "/v1/results/{jobId}",
+        "/metrics",
+        "/v1/metrics/overview",
+        "/healthz",
+        "/readyz",
+        "/health/live",
+        "/health/ready",
+    }
+    product_schema = doc["components"]["schemas"]["ProductEvent"]
+    assert product_schema["required"] == ["event_name", "channel", "user_id", "timestamp"]
+    assert "$defs" not in orjson.dumps(doc).decode()
+    y = await gateway.get("/openapi.yaml")
+    assert y.status_code == 200 and y.headers["content-type"] == "application/yaml"
+    assert yaml.safe_load(y.text) == doc
+
+
+async def test_fuzzing_the_openapi_document_finds_no_500(settings: Settings) -> None:
+    """schemathesis generates requests from the served /openapi.json; no answer may be a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, Phase, given
+    from hypothesis import settings as hsettings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    async with serve(gateway_settings(settings)) as gw:
+        schema = await asyncio.to_thread(schemathesis.openapi.from_url, gw.url + "/openapi.json")
+        failures: list[str] = []
+        statuses: Counter[tuple[str, int]] = Counter()
+
+        def fuzz(strategy: Any, mode: str) -> None:
+            @hsettings(
+                max_examples=30,
+                deadline=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
+            @given(case=strategy)
+            def check(case: Any) -> None:
+                response = case.call(base_url=gw.url, timeout=30)
+                statuses[(mode, response.status_code)] += 1
+                if response.status_code >= 500:
+                    failures.append(
+                        f"{case.method} {case.formatted_path} {response.status_code}"
+                        f" {response.text[:200]}"
+                    )
+
+            with contextlib.suppress(Unsatisfiable):  # nothing to negate (no parameters)
+                check()
+
+        def run() -> None:
+            for op in schema.get_all_operations():
+                operation = op.ok()
+                for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                    fuzz(operation.as_strategy(generation_mode=mode), mode.value)
+
+        await asyncio.to_thread(run)
+    assert sum(statuses.values()) >= 300, statuses
+    assert statuses[("positive", 202)] > 0 and statuses[("negative", 400)] > 0, statuses
+    assert failures == [], statuses
+
+
+# --- the process: graceful shutdown and request logs ---
+
+
+async def test_sigterm_flushes_every_acknowledged_event(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, **gateway_env(settings, port)}
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "producers.gateway"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(up, 60, "the gateway process to be ready")
+
+            async def post(i: int) -> tuple[str, int]:
+                event = product(i, event_id=f"shutdown-{i}")
+                try:
+                    r = await client.post("/events", content=orjson.dumps(event), headers=JSON)
+                except httpx.TransportError:
+                    return event["event_id"], 0
+                return event["event_id"], r.status_code
+
+            first = [await post(i) for i in range(5)]
+            assert {status for _, status in first} == {202}
+            posts = [asyncio.create_task(post(i)) for i in range(5, 300)]
+            await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            results = first + list(await asyncio.gather(*posts))
+        # uvicorn re-raises the SIGTERM it handled once the shutdown is done: -15 is a clean stop.
+        assert await asyncio.to_thread(proc.wait, 60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    acked = {event_id for event_id, status in results if status == 202}
+    assert acked, "some posts must have been acknowledged before the shutdown"
+    assert all(status in (202, 0, 503) for _, status in results)
+    published = await _topic_event_ids(settings)
+    assert acked <= published, f"{len(acked - published)} acknowledged events are not in Kafka"
+
+    lines = [orjson.loads(x) for x in log.read_bytes().splitlines() if x.startswith(b"{")]
+    requests = [x for x in lines if x["logger"] == "producers.gateway.access"]
+    assert requests and set(requests[0]) >= {
+        "ts",
+        "level",
+        "msg",
+        "method",
+        "path",
+        "status",
+        "ms",
+        "client",
+    }
+    assert sum(1 for x in requests if x["status"] == 202) == len(acked)
+    assert any("API_KEYS is not set" in x["msg"] for x in lines)
+
+
+async def _topic_event_ids(settings: Settings) -> set[str]:
+    consumer = AIOKafkaConsumer(
+        settings.events_topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    ids: set[str] = set()
+    try:
+        idle = 0
+        while idle < 4:
+            batch = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            for records in batch.values():
+                for m in records:
+                    ids.add(orjson.loads(m.value)["event_id"])
+    finally:
+        await consumer.stop()
+    return ids
