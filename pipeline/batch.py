@@ -40,7 +40,7 @@ class PartitionProgress:
     next_offset: int
     watermark_us: int | None
     messages: int = 0
-    contiguous: bool = True  # no offset skipped between first_offset and next_offset
+    contiguous: bool = True  # the batch holds every offset from its smallest to next_offset - 1
 
 
 @dataclass(slots=True)
@@ -77,8 +77,10 @@ def plan_batch(
     """
     plan = BatchPlan(topic=messages[0].topic if messages else "")
     candidates: list[Event] = []
+    offsets: dict[int, set[int]] = {}
     for msg in messages:
         _track_offset(plan, msg, watermarks)
+        offsets.setdefault(msg.partition, set()).add(msg.offset)
         for index, item, raw in decode_message(msg.value, limits.max_message_bytes):
             source = Source(msg.topic, msg.partition, msg.offset, index)
             result = item if isinstance(item, Invalid) else validate_event(item, raw, source)
@@ -95,6 +97,10 @@ def plan_batch(
             if job is not None:  # its ingestion job must still count it
                 plan.job_outcomes.append((*job, "dead_lettered"))
             plan.dead.append(DeadLetter(result.reason, result.detail, result.field, raw, source))
+    for partition, seen_offsets in offsets.items():
+        # Order-independent: a re-read after a seek may arrive after later offsets.
+        span = plan.progress[partition].next_offset - min(seen_offsets)
+        plan.progress[partition].contiguous = span == len(seen_offsets)
     kept, dropped = first_of_each_key(candidates, state_key, seen)
     plan.duplicates = len(dropped)
     plan.job_outcomes.extend(
@@ -116,8 +122,6 @@ def _track_offset(plan: BatchPlan, msg: RawMessage, watermarks: Mapping[int, int
     if progress is None:
         progress = PartitionProgress(msg.offset + 1, watermarks.get(msg.partition))
         plan.progress[msg.partition] = progress
-    elif msg.offset > progress.next_offset:
-        progress.contiguous = False  # offsets between were skipped
     progress.next_offset = max(progress.next_offset, msg.offset + 1)
     progress.messages += 1
 

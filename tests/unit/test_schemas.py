@@ -302,7 +302,11 @@ CASES: list[Case] = [
         "agent/occurred_at-plus-05:30-fraction",
         agent({"occurred_at": "2023-11-15T03:43:20.5+05:30"}),
     ),
-    bad("agent/occurred_at-year-0001", agent({"occurred_at": "0001-01-01T00:00:00Z"}), "occurred_at"),
+    bad(
+        "agent/occurred_at-year-0001",
+        agent({"occurred_at": "0001-01-01T00:00:00Z"}),
+        "occurred_at",
+    ),
     ok("agent/tenant-ids-128-chars", agent({f"tenant.{k}": "t" * 128 for k in AGENT["tenant"]})),
     ok(
         "agent/run-ids-128-status-64",
