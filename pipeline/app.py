@@ -103,10 +103,10 @@ class PipelineApp(faust.App):
         if not tps:
             return {}
         durable = await self.runtime.durable_progress(deadline_s=60.0)
-        offsets = {tp: durable.get(tp.partition, (0, None))[0] for tp in tps}
+        starts = self.processor.on_assigned([tp.partition for tp in tps], durable)
+        offsets = {tp: starts[tp.partition] for tp in tps if tp in consumer.assignment()}
         for tp, offset in offsets.items():
             await consumer._seek(tp, offset)  # the position; Faust sets its read offset
-        self.processor.on_assigned([tp.partition for tp in tps], durable)
         log.info(
             "seeking to durable offsets",
             extra={"partitions": {tp.partition: o for tp, o in offsets.items()}},
@@ -215,7 +215,13 @@ _pending: set[asyncio.Future[Any]] = set()
 def _background(coro: Coroutine[Any, Any, Any]) -> None:
     task = asyncio.ensure_future(coro)
     _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    task.add_done_callback(_finished)
+
+
+def _finished(task: asyncio.Future[Any]) -> None:
+    _pending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background seek failed", extra={"error": repr(task.exception())})
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

@@ -79,11 +79,21 @@ def run_bench(settings: Settings, count: int, as_json: bool) -> int:
             asyncio.run(_faust_scenario(base, "faust worker, envelopes of 100", 100, count)),
             asyncio.run(_naive_scenario(base, min(count, 20_000))),
         ]
+        gateway = asyncio.run(_gateway_scenario(base))
     finally:
         for line in stack_down(BENCH_DIR):
             _say("   " + line)
-    _report(results, as_json)
+    _report(results, gateway, as_json)
     return 0
+
+
+async def _gateway_scenario(base: Settings) -> dict[str, Any]:
+    """HTTP gateway: single posts and 1,000-event bulk posts (producers/gateway/bench.py)."""
+    from producers.gateway.bench import bench_gateway
+
+    s = await _fresh(base, "gateway")
+    _say("== HTTP gateway: 20000 single posts, 60 bulk posts of 1000 events")
+    return await bench_gateway(s, log_file=BENCH_DIR / "gateway.log")
 
 
 async def _fresh(base: Settings, name: str) -> Settings:
@@ -283,10 +293,10 @@ async def _naive_one(conn: asyncpg.Connection, topic: str, m: Any) -> None:
             await conn.execute(_NAIVE_ROLLUP, event.hour_us, event.channel, event.event_name)
 
 
-def _report(results: list[Result], as_json: bool) -> None:
+def _report(results: list[Result], gateway: dict[str, Any], as_json: bool) -> None:
     naive = next((r for r in results if r.scenario.startswith("naive")), None)
     if as_json:
-        payload: dict[str, Any] = {"results": [asdict(r) for r in results]}
+        payload: dict[str, Any] = {"results": [asdict(r) for r in results], "gateway": gateway}
         if naive:
             payload["ratio_to_naive"] = {
                 r.scenario: round(r.events_per_s / naive.events_per_s, 1) for r in results
@@ -317,3 +327,26 @@ def _report(results: list[Result], as_json: bool) -> None:
         for r in results
     ]
     print(format_table(headers, rows))
+    print()
+    print(
+        format_table(
+            ["gateway", "requests/s", "events/s", "p50 ms", "p99 ms"],
+            [
+                [
+                    kind,
+                    _fmt(g.get("requests_per_s")),
+                    _fmt(g.get("events_per_s")),
+                    g.get("p50_ms", "-"),
+                    g.get("p99_ms", "-"),
+                ]
+                for kind, g in (
+                    ("single posts", gateway.get("single", {})),
+                    ("bulk posts (1000 events)", gateway.get("bulk", {})),
+                )
+            ],
+        )
+    )
+
+
+def _fmt(value: object) -> str:
+    return f"{value:,.0f}" if isinstance(value, int | float) else "-"

@@ -35,6 +35,19 @@ class OffsetGuard:
         else:
             self._expected[partition] = next_offset
 
+    def resume_at(self, partition: int, durable: int | None) -> int:
+        """Where a partition resumes after a seek; also resets the guard there.
+
+        A partition this worker kept since its last assignment (not forgotten)
+        resumes at the later of its own committed offset and the database's
+        record: Faust may seek twice around one rebalance, and the second read of
+        the database can predate a batch this worker committed in between.
+        """
+        own = self._expected.get(partition)
+        start = max(own if own is not None else 0, durable or 0)
+        self.reset(partition, start if (own is not None or durable is not None) else None)
+        return start
+
     def forget(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self._expected.pop(p, None)

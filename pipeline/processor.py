@@ -59,16 +59,21 @@ class Processor:
 
     def on_assigned(
         self, partitions: Iterable[int], durable: Mapping[int, tuple[int, int | None]]
-    ) -> None:
-        """Reset per-partition state from PostgreSQL's record (see offsets.py)."""
+    ) -> dict[int, int]:
+        """Reset per-partition state from PostgreSQL's record; return where each resumes."""
         self.metrics.rebalances.inc()
         now = time.monotonic()
+        starts: dict[int, int] = {}
         for p in partitions:
             next_offset, watermark = durable.get(p, (None, None))
-            self.guard.reset(p, next_offset)
-            self._watermarks[p] = watermark
-            self.durable[p] = next_offset or 0
+            starts[p] = self.guard.resume_at(p, next_offset)
+            known = self._watermarks.get(p)
+            self._watermarks[p] = (
+                max(known, watermark) if known and watermark else known or watermark
+            )
+            self.durable[p] = starts[p]
             self.progressed_at[p] = now
+        return starts
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         parts = list(partitions)

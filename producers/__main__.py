@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--expect-file", type=Path, help="write the expected rollups here (JSON)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("gateway", help="the HTTP gateway and metrics API (see docs/gateway.md)")
     return p
 
 
@@ -81,6 +82,11 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gateway"]:
+        from producers.gateway.__main__ import main as gateway_main
+
+        return gateway_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()

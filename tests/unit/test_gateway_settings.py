@@ -68,3 +68,17 @@ def test_every_variable() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         GatewaySettings.from_env({name: value})
+
+
+def test_the_command_refuses_to_start_without_a_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from producers.gateway.__main__ import main
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main([]) == 2
+    assert "DATABASE_URL" in capsys.readouterr().err
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@127.0.0.1/x")
+    monkeypatch.setenv("GATEWAY_PORT", "nope")
+    assert main([]) == 2
+    assert "GATEWAY_PORT" in capsys.readouterr().err

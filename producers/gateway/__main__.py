@@ -1,0 +1,75 @@
+"""``python -m producers.gateway [--host H] [--port P]``: serve the gateway with uvicorn.
+
+All other configuration comes from the environment (docs/gateway.md). SIGTERM
+or SIGINT stops it gracefully: no new connections, requests in flight finish
+(up to GATEWAY_SHUTDOWN_GRACE_SECONDS), then the Kafka producer is flushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.logs import configure
+from producers.gateway.settings import GatewaySettings
+
+__all__ = ["main", "serve"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m producers gateway")
+    p.add_argument("--host", help="listen address (default GATEWAY_HOST or 0.0.0.0)")
+    p.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8080)")
+    return p
+
+
+def serve(settings: GatewaySettings) -> None:
+    """Run uvicorn until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from producers.gateway.app import Gateway
+
+    config = uvicorn.Config(
+        Gateway(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        log_config=None,
+        access_log=False,  # the gateway writes its own JSON request log
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        backlog=4096,
+    )
+    uvicorn.Server(config).run()
+
+
+def _plain(record: logging.LogRecord) -> bool:
+    record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of msg
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = GatewaySettings.from_env()
+        settings.pipeline.require_database_url()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        settings = settings.with_overrides(host=args.host)
+    if args.port is not None:
+        settings = settings.with_overrides(port=args.port)
+    configure(settings.pipeline.log_level)
+    logging.getLogger("uvicorn.error").addFilter(_plain)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Every SQL statement the gateway runs, in one place (the pipeline's own live in pipeline/sql.py).
+
+The gateway writes only ``ingestion_jobs`` rows (before publishing a job) and
+otherwise reads: the rollup tables for the metrics API, the job counts the
+sink keeps, and ``raw_events`` of one job for its results. Filters are
+parameters (``$n::text IS NULL OR column = $n``); nothing a client sends is
+ever spliced into the text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AGENT_OVERVIEW",
+    "INSERT_JOB",
+    "JOB_RESULTS",
+    "METRICS_BUCKETS",
+    "METRICS_TOTALS",
+    "PING",
+    "SELECT_JOB",
+    "SELECT_JOB_BY_KEY",
+]
+
+PING = "SELECT 1"
+
+# --- Ingestion jobs (table from migrations/0002_ingestion_jobs.sql) ---
+
+# A NULL idempotency key never conflicts: every request without one is a new job.
+INSERT_JOB = """
+INSERT INTO ingestion_jobs (job_id, tenant_id, idempotency_key, request_sha256, accepted)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+RETURNING job_id
+"""
+
+SELECT_JOB_BY_KEY = """
+SELECT job_id, request_sha256, accepted
+FROM ingestion_jobs WHERE tenant_id = $1 AND idempotency_key = $2
+"""
+
+SELECT_JOB = """
+SELECT job_id, tenant_id, accepted, stored, duplicates, dead_lettered, created_at, updated_at
+FROM ingestion_jobs WHERE job_id = $1
+"""
+
+JOB_RESULTS = """
+SELECT event_name, count(*) AS events, min(occurred_at) AS first_event_at,
+       max(occurred_at) AS last_event_at
+FROM raw_events WHERE ingestion_job_id = $1
+GROUP BY event_name ORDER BY event_name
+"""
+
+# --- GET /metrics: product-event rollups ---
+
+# $1 from (inclusive), $2 to (exclusive) on the hour start; $3 event_name, $4 channel.
+_CHANNEL_FILTER = """hour >= $1 AND hour < $2
+      AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR channel = $4)"""
+
+_BUCKET = {
+    "hour": "hour",
+    "day": "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    "channel": "channel",
+}
+
+# Unique users always come from the user sets (rollup_channel_users): a user seen in
+# two hours, or on two channels, or under two event names counts once per bucket.
+METRICS_BUCKETS = {
+    group: f"""
+WITH e AS (
+    SELECT {expr} AS bucket, sum(event_count)::int8 AS events,
+           sum(late_events)::int8 AS late_events
+    FROM rollup_channel_hourly WHERE {_CHANNEL_FILTER} GROUP BY 1
+), u AS (
+    SELECT {expr} AS bucket, count(DISTINCT user_id)::int8 AS unique_users
+    FROM rollup_channel_users WHERE {_CHANNEL_FILTER} GROUP BY 1
+)
+SELECT e.bucket, e.events, e.late_events, coalesce(u.unique_users, 0) AS unique_users
+FROM e LEFT JOIN u USING (bucket) ORDER BY 1
+"""
+    for group, expr in _BUCKET.items()
+}
+
+METRICS_TOTALS = f"""
+SELECT (SELECT coalesce(sum(event_count), 0)::int8
+          FROM rollup_channel_hourly WHERE {_CHANNEL_FILTER}) AS events,
+       (SELECT count(DISTINCT user_id)::int8
+          FROM rollup_channel_users WHERE {_CHANNEL_FILTER}) AS unique_users
+"""
+
+# --- GET /v1/metrics/overview: agent-run rollups ---
+
+AGENT_OVERVIEW = """
+SELECT coalesce(sum(runs), 0)::int8 AS runs,
+       coalesce(sum(succeeded), 0)::int8 AS succeeded,
+       coalesce(sum(failed), 0)::int8 AS failed,
+       coalesce(sum(events), 0)::int8 AS events,
+       coalesce(sum(cost_usd), 0)::float8 AS cost_usd,
+       coalesce(sum(latency_ms_sum), 0)::float8 AS latency_ms_sum,
+       coalesce(sum(latency_ms_count), 0)::int8 AS latency_ms_count
+FROM rollup_agent_hourly
+WHERE hour >= $1 AND hour < $2
+  AND ($3::text IS NULL OR tenant_id = $3) AND ($4::text IS NULL OR workspace_id = $4)
+  AND ($5::text IS NULL OR project_id = $5) AND ($6::text IS NULL OR agent_id = $6)
+  AND ($7::text IS NULL OR workflow_id = $7)
+"""

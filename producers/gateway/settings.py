@@ -1,0 +1,123 @@
+"""The gateway's own settings, read once from the environment.
+
+Kafka, PostgreSQL and the event limits come from :class:`pipeline.settings.Settings`
+(the same variables as every other command); this object holds only what the
+HTTP service adds. Every variable is documented in docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+
+__all__ = ["GatewaySettings"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway reads, with documented defaults."""
+
+    pipeline: Settings = field(default_factory=Settings)
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # Whole request body; a single event is further bounded by MAX_MESSAGE_BYTES.
+    max_body_bytes: int = 5_242_880
+    max_bulk_events: int = 1000
+    # Events per Kafka message (envelope) for bulk and ingestion posts.
+    envelope_events: int = 100
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Requests per minute per API key (per client address when keys are off); 0: off.
+    metrics_rate_limit_per_minute: int = 120
+    # How long a publish may wait for the broker's acknowledgement before a 503.
+    publish_timeout_seconds: float = 10.0
+    retry_after_seconds: int = 5
+    linger_ms: int = 0
+    db_pool_size: int = 10
+    access_log: bool = True
+    shutdown_grace_seconds: float = 25.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def with_overrides(self, **changes: Any) -> GatewaySettings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, pipeline: Settings | None = None
+    ) -> GatewaySettings:
+        e = os.environ if env is None else env
+        d = cls()
+        keys = tuple(k.strip() for k in e.get("API_KEYS", "").split(",") if k.strip())
+        return cls(
+            pipeline=pipeline if pipeline is not None else Settings.from_env(e),
+            host=e.get("GATEWAY_HOST", "").strip() or d.host,
+            port=_int(e, "GATEWAY_PORT", d.port, 0, 65535),
+            max_body_bytes=_int(e, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes, 1024, 1 << 30),
+            max_bulk_events=_int(e, "GATEWAY_MAX_BULK_EVENTS", d.max_bulk_events, 1, 100_000),
+            envelope_events=_int(e, "GATEWAY_ENVELOPE_EVENTS", d.envelope_events, 1, 10_000),
+            api_keys=keys,
+            metrics_rate_limit_per_minute=_int(
+                e, "METRICS_RATE_LIMIT_PER_MINUTE", d.metrics_rate_limit_per_minute, 0, 10**9
+            ),
+            publish_timeout_seconds=_float(
+                e, "GATEWAY_PUBLISH_TIMEOUT_SECONDS", d.publish_timeout_seconds, 0.1
+            ),
+            retry_after_seconds=_int(
+                e, "GATEWAY_RETRY_AFTER_SECONDS", d.retry_after_seconds, 1, 3600
+            ),
+            linger_ms=_int(e, "GATEWAY_LINGER_MS", d.linger_ms, 0, 1000),
+            db_pool_size=_int(e, "GATEWAY_DB_POOL_SIZE", d.db_pool_size, 1, 1000),
+            access_log=_bool(e, "GATEWAY_ACCESS_LOG", d.access_log),
+            shutdown_grace_seconds=_float(
+                e, "GATEWAY_SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds, 0.0
+            ),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number; set it to e.g. {default}."
+        ) from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} must lie between {low} and {high}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}.") from None
+    if not value >= low:
+        raise ConfigError(f"{name}={raw!r} is below the minimum {low}.")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false.")
