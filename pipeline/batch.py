@@ -53,6 +53,7 @@ class BatchPlan:
     # (job_id, seq, outcome) of ingestion-job events decided before the sink
     job_outcomes: list[tuple[str, int, str]] = field(default_factory=list)
     progress: dict[int, PartitionProgress] = field(default_factory=dict)
+    offsets: dict[int, set[int]] = field(default_factory=dict)  # read, per partition
 
     @property
     def events(self) -> list[Event]:
@@ -77,7 +78,7 @@ def plan_batch(
     """
     plan = BatchPlan(topic=messages[0].topic if messages else "")
     candidates: list[Event] = []
-    offsets: dict[int, set[int]] = {}
+    offsets = plan.offsets
     for msg in messages:
         _track_offset(plan, msg, watermarks)
         offsets.setdefault(msg.partition, set()).add(msg.offset)

@@ -151,6 +151,10 @@ class WorkerMetrics:
         self.sink_retries = r.counter("pipeline_sink_retries_total", "sink attempts that failed")
         self.abandoned = r.counter("pipeline_batches_abandoned_total", "batches given up")
         self.offset_gaps = r.counter("pipeline_offset_gaps_total", "offset gaps detected")
+        self.skipped = r.counter(
+            "pipeline_messages_skipped_total",
+            "messages handed out before their partition was positioned (read again later)",
+        )
         self.rebalances = r.counter("pipeline_rebalances_total", "partition assignments received")
         self.batch_size = r.histogram(
             "pipeline_batch_messages", "messages per batch", (1, 10, 100, 500, 1000, 2000, 5000)

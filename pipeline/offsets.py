@@ -62,12 +62,21 @@ class OffsetGuard:
         for partition, progress in plan.progress.items():
             expected = self._expected.get(partition)
             first = first_offsets[partition]
-            if expected is None or (first <= expected and progress.contiguous):
+            offsets = plan.offsets.get(partition)
+            if expected is None:
                 self._pending_seek.pop(partition, None)
                 continue
-            # Events before ``first`` (or inside the batch) were skipped: never
-            # let the durable offset pass them; re-read from the first missing one.
-            hold = expected
+            if offsets is not None:
+                # Offsets below ``expected`` are replays (harmless); those from it
+                # on must run without a hole, or the durable offset stops at it.
+                hold = _first_missing(offsets, expected)
+                ok = hold >= progress.next_offset
+            else:
+                hold = expected
+                ok = first <= expected and progress.contiguous
+            if ok:
+                self._pending_seek.pop(partition, None)
+                continue
             progress.next_offset = min(progress.next_offset, hold)
             if self._pending_seek.get(partition) != hold:
                 self.gaps_seen += 1
@@ -82,3 +91,13 @@ class OffsetGuard:
         for partition, progress in plan.progress.items():
             known = self._expected.get(partition, progress.next_offset)
             self._expected[partition] = max(known, progress.next_offset)
+
+
+def _first_missing(offsets: Iterable[int], start: int) -> int:
+    """The first offset from ``start`` on that ``offsets`` lacks."""
+    nxt = start
+    for o in sorted({o for o in offsets if o >= start}):
+        if o != nxt:
+            break
+        nxt += 1
+    return nxt

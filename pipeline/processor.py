@@ -52,6 +52,10 @@ class Processor:
         # Per partition: the durable next offset and when it last moved (liveness).
         self.durable: dict[int, int] = {}
         self.progressed_at: dict[int, float] = {}
+        # Partitions positioned at their durable offset since their assignment.
+        # Faust can hand out messages read from Kafka's committed offset before
+        # that seek; they are skipped here and read again from the durable offset.
+        self.positioned: set[int] = set()
 
     @property
     def sink_busy_retrying(self) -> bool:
@@ -73,10 +77,12 @@ class Processor:
             )
             self.durable[p] = starts[p]
             self.progressed_at[p] = now
+            self.positioned.add(p)
         return starts
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         parts = list(partitions)
+        self.positioned.difference_update(parts)
         self.guard.forget(parts)
         self._dedup.forget_partitions(parts)
         for p in parts:
@@ -91,6 +97,11 @@ class Processor:
 
         Raises ``sink.Abandoned`` when ``abandon()`` turned true before the commit.
         """
+        if any(m.partition not in self.positioned for m in messages):
+            self.metrics.skipped.inc(sum(m.partition not in self.positioned for m in messages))
+            messages = [m for m in messages if m.partition in self.positioned]
+            if not messages:
+                return {}
         first_offsets: dict[int, int] = {}
         for m in messages:
             if m.offset < first_offsets.get(m.partition, m.offset + 1):
