@@ -95,6 +95,18 @@ class PipelineApp(faust.App):
             return offsets
 
         consumer.seek_to_committed = seek_to_committed
+
+        # Faust stops the message flow on a rebalance only when partitions were
+        # assigned before; on the first assignment it keeps handing out messages
+        # from Kafka's committed offsets until recovery seeks. Stop it on every
+        # assignment: recovery resumes it after the seek to the durable offsets.
+        faust_assigned = consumer.on_partitions_assigned
+
+        async def on_partitions_assigned(assigned: set[TP], generation_id: int = 0) -> None:
+            consumer.stop_flow()
+            await faust_assigned(assigned, generation_id)
+
+        consumer.on_partitions_assigned = on_partitions_assigned
         return consumer
 
     async def _seek_to_durable(self, consumer: Any) -> dict[TP, int]:
@@ -105,8 +117,9 @@ class PipelineApp(faust.App):
         durable = await self.runtime.durable_progress(deadline_s=60.0)
         starts = self.processor.on_assigned([tp.partition for tp in tps], durable)
         offsets = {tp: starts[tp.partition] for tp in tps if tp in consumer.assignment()}
-        for tp, offset in offsets.items():
-            await consumer._seek(tp, offset)  # the position; Faust sets its read offset
+        # In the consumer's own thread (seek_wait): seeking from this thread races
+        # with its fetcher (KeyError in aiokafka's fetcher, a crashed worker).
+        await consumer.seek_wait(offsets)
         log.info(
             "seeking to durable offsets",
             extra={"partitions": {tp.partition: o for tp, o in offsets.items()}},
@@ -206,7 +219,7 @@ def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> No
             for partition, offset in seeks.items():
                 # Not awaited here: the consumer thread may be waiting for this
                 # agent to drain its buffer, and the agent must not wait for it.
-                _background(app.consumer.seek(TP(name, partition), offset))
+                _background(app.consumer.seek_wait({TP(name, partition): offset}))
 
 
 _pending: set[asyncio.Future[Any]] = set()

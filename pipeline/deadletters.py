@@ -61,13 +61,13 @@ class DeadLetterPublisher:
     async def publish(self, dead: Sequence[DeadLetter], abandon: Callable[[], bool]) -> None:
         delay = 0.1
         while True:
-            if abandon():
-                raise Abandoned()
             try:
                 await self._send_all(dead)
                 return
             except (KafkaError, OSError) as exc:
                 log.warning("dlq publish retry", extra={"error": repr(exc), "delay_s": delay})
+            if abandon():  # only a retry is given up (see Sink.write)
+                raise Abandoned()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

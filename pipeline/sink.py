@@ -82,7 +82,9 @@ class Sink:
         attempt = 0
         while True:
             attempt += 1
-            if abandon():
+            # Only a batch that needs a retry is given up: on a graceful stop the
+            # batch in hand still gets its attempt (and commits if it can).
+            if attempt > 1 and abandon():
                 self.retrying = False
                 raise Abandoned()
             try:
