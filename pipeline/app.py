@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pipeline.deadletters import DeadLetterPublisher
 from pipeline.dedup_state import DedupState
 from pipeline.errors import FatalSinkError
 from pipeline.processor import Processor
+from pipeline.refetch import Refetcher
 from pipeline.settings import Settings
 from pipeline.sink import TRANSIENT_ERRORS, Abandoned, Sink, load_progress
 from pipeline.topics import DEDUP_TABLE
@@ -42,6 +43,7 @@ class Runtime:
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
         self.dlq = DeadLetterPublisher(settings)
+        self.refetcher = Refetcher(settings)
 
     async def pool(self) -> asyncpg.Pool:
         async with self._lock:
@@ -70,6 +72,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.dlq.close()
+        await self.refetcher.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -95,6 +98,18 @@ class PipelineApp(faust.App):
             return offsets
 
         consumer.seek_to_committed = seek_to_committed
+
+        # Faust calls perform_seek from recovery and from its fetch loop; two
+        # interleaved calls can leave a partition at Kafka's committed offset
+        # with the flow running. One at a time.
+        faust_perform_seek = consumer.perform_seek
+        seek_lock = asyncio.Lock()
+
+        async def perform_seek() -> None:
+            async with seek_lock:
+                await faust_perform_seek()
+
+        consumer.perform_seek = perform_seek
 
         # Faust stops the message flow on a rebalance only when partitions were
         # assigned before; on the first assignment it keeps handing out messages
@@ -184,7 +199,9 @@ def create_app(settings: Settings) -> PipelineApp:
     )
     dedup = DedupState(table, settings.dedup_capacity)
     sink = Sink(app.runtime.pool, settings.db_retry_max_seconds)
-    app.processor = Processor(settings, sink, dedup, app.runtime.dlq.publish)
+    app.processor = Processor(
+        settings, sink, dedup, app.runtime.dlq.publish, refetch=app.runtime.refetcher.fetch
+    )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: PipelineApp, revoked: set[TP], **_: Any) -> None:
@@ -216,25 +233,10 @@ def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> No
                 continue
             except FatalSinkError as exc:
                 _die(exc)
-            for partition, offset in seeks.items():
-                # Not awaited here: the consumer thread may be waiting for this
-                # agent to drain its buffer, and the agent must not wait for it.
-                _background(app.consumer.seek_wait({TP(name, partition): offset}))
-
-
-_pending: set[asyncio.Future[Any]] = set()
-
-
-def _background(coro: Coroutine[Any, Any, Any]) -> None:
-    task = asyncio.ensure_future(coro)
-    _pending.add(task)
-    task.add_done_callback(_finished)
-
-
-def _finished(task: asyncio.Future[Any]) -> None:
-    _pending.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background seek failed", extra={"error": repr(task.exception())})
+            if seeks:
+                # Holes the refetch could not close: the durable offset stays at
+                # them, /health/live turns unhealthy, and a restart re-reads them.
+                log.error("offsets still missing after a refetch", extra={"seeks": seeks})
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

@@ -151,6 +151,9 @@ class WorkerMetrics:
         self.sink_retries = r.counter("pipeline_sink_retries_total", "sink attempts that failed")
         self.abandoned = r.counter("pipeline_batches_abandoned_total", "batches given up")
         self.offset_gaps = r.counter("pipeline_offset_gaps_total", "offset gaps detected")
+        self.refetched = r.counter(
+            "pipeline_messages_refetched_total", "messages a batch skipped, read again from Kafka"
+        )
         self.skipped = r.counter(
             "pipeline_messages_skipped_total",
             "messages handed out before their partition was positioned (read again later)",

@@ -12,7 +12,7 @@ back and asks for one seek to the first missing offset. Pure: no I/O.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pipeline.batch import BatchPlan
 
@@ -47,6 +47,20 @@ class OffsetGuard:
         start = max(own if own is not None else 0, durable or 0)
         self.reset(partition, start if (own is not None or durable is not None) else None)
         return start
+
+    def holes(self, offsets: Mapping[int, Iterable[int]]) -> dict[int, list[int]]:
+        """Per partition, the offsets from the durable one up to the batch's last that it lacks."""
+        out: dict[int, list[int]] = {}
+        for partition, offs in offsets.items():
+            expected = self._expected.get(partition)
+            if expected is None:
+                continue
+            have = {o for o in offs if o >= expected}
+            if have:
+                missing = [o for o in range(expected, max(have)) if o not in have]
+                if missing:
+                    out[partition] = missing
+        return out
 
     def forget(self, partitions: Iterable[int]) -> None:
         for p in partitions:

@@ -25,6 +25,7 @@ __all__ = ["Processor"]
 log = logging.getLogger(__name__)
 
 PublishDead = Callable[[Sequence[DeadLetter], Callable[[], bool]], Awaitable[None]]
+Refetch = Callable[[str, int, Sequence[int]], Awaitable[list[RawMessage]]]
 
 
 class Processor:
@@ -35,6 +36,7 @@ class Processor:
         dedup: DedupState,
         publish_dead: PublishDead,
         clock: Callable[[], float] = time.time,
+        refetch: Refetch | None = None,
     ) -> None:
         self._limits = Limits(
             max_message_bytes=settings.max_message_bytes,
@@ -46,6 +48,7 @@ class Processor:
         self._dedup = dedup
         self._publish_dead = publish_dead
         self._clock = clock
+        self._refetch = refetch
         self._watermarks: dict[int, int | None] = {}
         self.guard = OffsetGuard()
         self.metrics = WorkerMetrics()
@@ -102,6 +105,7 @@ class Processor:
             messages = [m for m in messages if m.partition in self.positioned]
             if not messages:
                 return {}
+        messages = await self._fill_holes(messages)
         first_offsets: dict[int, int] = {}
         for m in messages:
             if m.offset < first_offsets.get(m.partition, m.offset + 1):
@@ -124,6 +128,28 @@ class Processor:
         self.metrics.sink_seconds.observe(time.monotonic() - started)
         self._after_commit(plan, result, first_offsets, len(messages))
         return seeks
+
+    async def _fill_holes(self, messages: Sequence[RawMessage]) -> Sequence[RawMessage]:
+        """Read offsets the batch skips (not yet durable) from Kafka, so none is passed over."""
+        if self._refetch is None:
+            return messages
+        by_partition: dict[int, list[int]] = {}
+        for m in messages:
+            by_partition.setdefault(m.partition, []).append(m.offset)
+        holes = self.guard.holes(by_partition)
+        if not holes:
+            return messages
+        filled = list(messages)
+        for partition, missing in holes.items():
+            got = await self._refetch(messages[0].topic, partition, missing)
+            self.metrics.refetched.inc(len(got))
+            log.warning(
+                "batch skipped offsets; read them from Kafka",
+                extra={"partition": partition, "missing": len(missing), "read": len(got)},
+            )
+            filled.extend(got)
+        filled.sort(key=lambda m: (m.partition, m.offset))
+        return filled
 
     def _after_commit(
         self, plan: BatchPlan, result: WriteResult, first_offsets: Mapping[int, int], n: int

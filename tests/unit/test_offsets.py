@@ -248,3 +248,18 @@ def test_durable_offset_never_passes_a_missing_offset(offsets: list[int], expect
     assert next_offset(plan) <= max(first_missing, expected)
     if seeks:  # a seek re-reads from exactly the first offset not yet durable
         assert seeks == {0: max(first_missing, expected)}
+
+
+class TestHoles:
+    def test_offsets_a_batch_lacks_from_the_durable_one_on(self) -> None:
+        guard = OffsetGuard()
+        guard.reset(0, 10)
+        guard.reset(1, 5)
+        holes = guard.holes({0: [13, 10, 15], 1: [5, 6, 7], 2: [0, 9]})
+        assert holes == {0: [11, 12, 14]}  # partition 2 is not tracked
+
+    def test_replays_below_the_durable_offset_are_no_hole(self) -> None:
+        guard = OffsetGuard()
+        guard.reset(0, 10)
+        assert guard.holes({0: [3, 5, 10, 11]}) == {}
+        assert guard.holes({0: [3, 5]}) == {}
