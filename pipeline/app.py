@@ -17,12 +17,12 @@ import asyncpg
 import faust
 from faust.types import TP
 
-from pipeline import sql
-from pipeline.batch import RawMessage
+from pipeline import eager, sql
+from pipeline.batch import RawMessage, split_by_bytes
 from pipeline.deadletters import DeadLetterPublisher
 from pipeline.dedup_state import DedupState
 from pipeline.errors import FatalSinkError
-from pipeline.processor import Processor
+from pipeline.processor import Prepared, Processor
 from pipeline.refetch import Refetcher
 from pipeline.settings import Settings
 from pipeline.sink import TRANSIENT_ERRORS, Abandoned, Sink, load_progress
@@ -77,14 +77,67 @@ class Runtime:
             await self._pool.close()
 
 
+class WriteBehind:
+    """At most one batch committing while the agent plans the next one.
+
+    Batches commit strictly in order. When one is given up (its partitions were
+    revoked, or the worker stops), the batch planned behind it is discarded too:
+    both roll back to the durable state and are read again.
+    """
+
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+        self._task: asyncio.Task[bool] | None = None
+
+    async def submit(self, prepared: Prepared, abandon: Callable[[], bool]) -> None:
+        if not await self.wait():
+            self._processor.discard(prepared)
+            log.warning(
+                "batch discarded behind an abandoned one", extra={"messages": prepared.messages}
+            )
+            return
+        self._task = asyncio.create_task(self._commit(prepared, abandon))
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the batch in flight; False when it was given up (or is still running)."""
+        task = self._task
+        if task is None:
+            return True
+        try:
+            committed = await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            return False
+        if self._task is task:
+            self._task = None
+        return committed
+
+    async def _commit(self, prepared: Prepared, abandon: Callable[[], bool]) -> bool:
+        try:
+            await self._processor.commit(prepared, abandon)
+        except Abandoned:
+            # take_events acked these already; the durable offsets in PostgreSQL
+            # make the next owner (or this worker, after its seek) re-read them.
+            log.warning("batch abandoned", extra={"messages": prepared.messages})
+            return False
+        except FatalSinkError as exc:
+            _die(exc)
+        if prepared.seeks:
+            # Holes the refetch could not close: the durable offset stays at
+            # them, /health/live turns unhealthy, and a restart re-reads them.
+            log.error("offsets still missing after a refetch", extra={"seeks": prepared.seeks})
+        return True
+
+
 class PipelineApp(faust.App):
     """A Faust app whose partitions resume at the offsets PostgreSQL holds."""
 
     runtime: Runtime
     processor: Processor
+    write_behind: WriteBehind
 
     def _new_consumer(self) -> Any:
         consumer: Any = super()._new_consumer()
+        eager.install(consumer)  # per-message delivery without four tasks per message
         kafka_committed = consumer.seek_to_committed
 
         # After each rebalance Faust seeks every partition to its Kafka-committed
@@ -122,6 +175,18 @@ class PipelineApp(faust.App):
             await faust_assigned(assigned, generation_id)
 
         consumer.on_partitions_assigned = on_partitions_assigned
+
+        # Faust commits what the agent acked. A batch is acked when the agent
+        # takes the next one, which can be before its transaction committed
+        # (write-behind) and, around rebalances, past events never processed
+        # (DESIGN.md, traps): commit at most PostgreSQL's durable offsets.
+        faust_committable = consumer._filter_committable_offsets
+        topic = self.runtime.settings.events_topic
+
+        def filter_committable_offsets(tps: Any) -> dict[TP, int]:
+            return self.processor.cap_commits(topic, faust_committable(tps))
+
+        consumer._filter_committable_offsets = filter_committable_offsets
         return consumer
 
     async def _seek_to_durable(self, consumer: Any) -> dict[TP, int]:
@@ -143,6 +208,7 @@ class PipelineApp(faust.App):
 
     async def on_stop(self) -> None:
         await super().on_stop()
+        await self.write_behind.wait(timeout=30.0)
         await self.runtime.close()
 
 
@@ -203,8 +269,13 @@ def create_app(settings: Settings) -> PipelineApp:
         settings, sink, dedup, app.runtime.dlq.publish, refetch=app.runtime.refetcher.fetch
     )
 
+    app.write_behind = WriteBehind(app.processor)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: PipelineApp, revoked: set[TP], **_: Any) -> None:
+        # Let the batch in flight commit before the hand-over (it gives up on
+        # its own if the sink is retrying through an outage).
+        await sender.write_behind.wait(timeout=2.0)
         sender.processor.on_revoked(
             tp.partition for tp in revoked if tp.topic == topic.get_topic_name()
         )
@@ -223,20 +294,11 @@ def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> No
                 RawMessage(name, e.message.partition, e.message.offset, e.message.value)
                 for e in events
             ]
-            abandon = _abandon_check(app, {m.partition for m in messages}, name)
-            try:
-                seeks = await app.processor.handle(messages, abandon)
-            except Abandoned:
-                # take_events acks these anyway; the durable offsets in
-                # PostgreSQL make the next owner re-read them.
-                log.warning("batch abandoned", extra={"messages": len(messages)})
-                continue
-            except FatalSinkError as exc:
-                _die(exc)
-            if seeks:
-                # Holes the refetch could not close: the durable offset stays at
-                # them, /health/live turns unhealthy, and a restart re-reads them.
-                log.error("offsets still missing after a refetch", extra={"seeks": seeks})
+            for chunk in split_by_bytes(messages, settings.batch_bytes):
+                prepared = await app.processor.prepare(chunk)
+                if prepared is not None:
+                    abandon = _abandon_check(app, set(prepared.plan.progress), name)
+                    await app.write_behind.submit(prepared, abandon)
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

@@ -188,7 +188,7 @@ async def _latency(
 
 
 async def _all_seen(sent: dict[str, float], seen: dict[str, float]) -> None:
-    while len(seen) < len(sent):
+    while any(k not in seen for k in sent):
         await asyncio.sleep(0.05)
 
 

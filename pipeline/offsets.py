@@ -101,7 +101,8 @@ class OffsetGuard:
                 seeks[partition] = hold
         return seeks
 
-    def committed(self, plan: BatchPlan) -> None:
+    def advance(self, plan: BatchPlan) -> None:
+        """The next batch continues where ``plan`` ends (after :meth:`check` held gaps back)."""
         for partition, progress in plan.progress.items():
             known = self._expected.get(partition, progress.next_offset)
             self._expected[partition] = max(known, progress.next_offset)

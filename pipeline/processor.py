@@ -1,9 +1,13 @@
 """One batch, start to end: plan → dead letters → sink → state, in that order.
 
-The Faust agent hands each ``take_events`` batch here. The Faust dedup state
-and the in-memory watermarks change only AFTER the sink transaction
-committed: a key marked seen before its write is durable would turn a crash
-into a lost event. Faust-free, so it is tested without a broker.
+The Faust agent hands each ``take_events`` batch here: :meth:`Processor.prepare`
+plans it (CPU work, which overlaps the previous batch's transaction) and
+:meth:`Processor.commit` makes it durable, batches strictly in order. The
+Faust dedup state and the durable offsets change only AFTER the sink
+transaction committed: a key marked seen before its write is durable would turn
+a crash into a lost event. A batch given up rolls the planned state (offset
+guard, watermarks) back to the durable one. Faust-free, so it is tested
+without a broker.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pipeline.batch import BatchPlan, Limits, RawMessage, plan_batch, state_key
 from pipeline.dedup_state import DedupState
@@ -20,12 +26,24 @@ from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
 from pipeline.sink import Abandoned, Sink, WriteResult
 
-__all__ = ["Processor"]
+__all__ = ["Prepared", "Processor"]
 
 log = logging.getLogger(__name__)
 
+TP = Any  # a Kafka topic-partition with .topic and .partition (Faust's TP)
+
 PublishDead = Callable[[Sequence[DeadLetter], Callable[[], bool]], Awaitable[None]]
 Refetch = Callable[[str, int, Sequence[int]], Awaitable[list[RawMessage]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A planned batch, waiting for its turn to commit."""
+
+    plan: BatchPlan
+    first_offsets: dict[int, int]
+    messages: int
+    seeks: dict[int, int]  # partitions the guard holds back at a gap
 
 
 class Processor:
@@ -49,7 +67,8 @@ class Processor:
         self._publish_dead = publish_dead
         self._clock = clock
         self._refetch = refetch
-        self._watermarks: dict[int, int | None] = {}
+        self._watermarks: dict[int, int | None] = {}  # as planned: batches in flight included
+        self._durable_watermarks: dict[int, int | None] = {}
         self.guard = OffsetGuard()
         self.metrics = WorkerMetrics()
         # Per partition: the durable next offset and when it last moved (liveness).
@@ -73,11 +92,14 @@ class Processor:
         starts: dict[int, int] = {}
         for p in partitions:
             next_offset, watermark = durable.get(p, (None, None))
+            # Resume from what is durable: a batch still in flight may yet be given up.
+            self.guard.reset(p, self.durable.get(p))
             starts[p] = self.guard.resume_at(p, next_offset)
-            known = self._watermarks.get(p)
+            known = self._durable_watermarks.get(p)
             self._watermarks[p] = (
                 max(known, watermark) if known and watermark else known or watermark
             )
+            self._durable_watermarks[p] = self._watermarks[p]
             self.durable[p] = starts[p]
             self.progressed_at[p] = now
             self.positioned.add(p)
@@ -90,6 +112,7 @@ class Processor:
         self._dedup.forget_partitions(parts)
         for p in parts:
             self._watermarks.pop(p, None)
+            self._durable_watermarks.pop(p, None)
             self.durable.pop(p, None)
             self.progressed_at.pop(p, None)
 
@@ -100,11 +123,24 @@ class Processor:
 
         Raises ``sink.Abandoned`` when ``abandon()`` turned true before the commit.
         """
+        prepared = await self.prepare(messages)
+        if prepared is None:
+            return {}
+        await self.commit(prepared, abandon)
+        return prepared.seeks
+
+    async def prepare(self, messages: Sequence[RawMessage]) -> Prepared | None:
+        """Plan a batch: pure work, which may run while the previous batch commits.
+
+        The offset guard and the watermarks move on at once (the next batch
+        continues from this one); the dedup state and the durable offsets only
+        after :meth:`commit`. Batches must be committed in the order prepared.
+        """
         if any(m.partition not in self.positioned for m in messages):
             self.metrics.skipped.inc(sum(m.partition not in self.positioned for m in messages))
             messages = [m for m in messages if m.partition in self.positioned]
             if not messages:
-                return {}
+                return None
         messages = await self._fill_holes(messages)
         first_offsets: dict[int, int] = {}
         for m in messages:
@@ -117,6 +153,19 @@ class Processor:
         plan = plan_batch(messages, self._limits, now_us, self._watermarks, self._dedup.seen)
         seeks = self.guard.check(plan, first_offsets)
         self.metrics.offset_gaps.inc(len(seeks))
+        self.guard.advance(plan)
+        for p, progress in plan.progress.items():
+            wm = self._watermarks.get(p)
+            if progress.watermark_us is not None and (wm is None or progress.watermark_us > wm):
+                self._watermarks[p] = progress.watermark_us
+        return Prepared(plan, first_offsets, len(messages), seeks)
+
+    async def commit(self, prepared: Prepared, abandon: Callable[[], bool]) -> None:
+        """Dead letters to the DLQ topic, then the one sink transaction, then the state.
+
+        Raises ``sink.Abandoned`` when ``abandon()`` turned true before the commit.
+        """
+        plan = prepared.plan
         started = time.monotonic()
         try:
             if plan.dead:
@@ -124,10 +173,27 @@ class Processor:
             result = await self._sink.write(plan, abandon)
         except Abandoned:
             self.metrics.abandoned.inc()
+            self.discard(prepared)
             raise
         self.metrics.sink_seconds.observe(time.monotonic() - started)
-        self._after_commit(plan, result, first_offsets, len(messages))
-        return seeks
+        self._after_commit(plan, result, prepared.first_offsets, prepared.messages)
+
+    def discard(self, prepared: Prepared) -> None:
+        """Forget a planned batch that will not commit: its partitions go back to durable."""
+        for p in prepared.plan.progress:
+            if p in self.durable:
+                self.guard.reset(p, self.durable[p])
+                self._watermarks[p] = self._durable_watermarks.get(p)
+
+    def cap_commits(self, topic: str, offsets: Mapping[TP, int]) -> dict[TP, int]:
+        """Kafka offsets Faust may commit: never past what PostgreSQL holds durably."""
+        capped: dict[TP, int] = {}
+        for tp, offset in offsets.items():
+            if tp.topic != topic:
+                capped[tp] = offset
+            elif (durable := self.durable.get(tp.partition)) is not None:
+                capped[tp] = min(offset, durable)
+        return capped
 
     async def _fill_holes(self, messages: Sequence[RawMessage]) -> Sequence[RawMessage]:
         """Read offsets the batch skips (not yet durable) from Kafka, so none is passed over."""
@@ -154,11 +220,10 @@ class Processor:
     def _after_commit(
         self, plan: BatchPlan, result: WriteResult, first_offsets: Mapping[int, int], n: int
     ) -> None:
-        self.guard.committed(plan)
         for p, progress in plan.progress.items():
-            wm = self._watermarks.get(p)
+            wm = self._durable_watermarks.get(p)
             if progress.watermark_us is not None and (wm is None or progress.watermark_us > wm):
-                self._watermarks[p] = progress.watermark_us
+                self._durable_watermarks[p] = progress.watermark_us
         by_partition: dict[int, list[str]] = {}
         for e in plan.events:
             by_partition.setdefault(e.source.partition, []).append(state_key(e))
@@ -185,5 +250,5 @@ class Processor:
                 self.durable[p] = progress.next_offset
                 self.progressed_at[p] = now
             m.durable_offset.set(self.durable[p], partition=str(p))
-            if self._watermarks.get(p) is not None:
-                m.watermark.set(self._watermarks[p] / 1e6, partition=str(p))  # type: ignore[operator]
+            if (wm := self._durable_watermarks.get(p)) is not None:
+                m.watermark.set(wm / 1e6, partition=str(p))

@@ -29,6 +29,7 @@ def worker_env(s: Settings) -> dict[str, str]:
         "WORKER_DATA_DIR": s.data_dir,
         "SINK_BATCH_SECONDS": str(s.batch_seconds),
         "SINK_BATCH_MAX": str(s.batch_max),
+        "SINK_BATCH_BYTES": str(s.batch_bytes),
         "LOG_LEVEL": s.log_level,
     }
 

@@ -61,10 +61,12 @@ class Settings:
     dlq_topic: str = "events.dlq"
     events_partitions: int = 6
     app_id: str = "event-pipeline"
-    # Sink batching: a batch is written when it holds batch_max messages or
-    # batch_seconds passed since its first message.
+    # Sink batching: a batch is taken when it holds batch_max messages or
+    # batch_seconds passed since its first message; it is written in
+    # transactions of at most batch_bytes of message values each.
     batch_max: int = 2000
     batch_seconds: float = 0.5
+    batch_bytes: int = 4 * 1024 * 1024
     # Event time: an hour is complete once every active partition's watermark
     # passed hour end + grace; a partition idle this long stops holding it back.
     completeness_grace_seconds: int = 300
@@ -129,6 +131,7 @@ class Settings:
             app_id=_str(e, "PIPELINE_APP_ID", d.app_id),
             batch_max=_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
             batch_seconds=_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
+            batch_bytes=_int(e, "SINK_BATCH_BYTES", d.batch_bytes, minimum=1),
             completeness_grace_seconds=_int(
                 e, "COMPLETENESS_GRACE_SECONDS", d.completeness_grace_seconds, minimum=0
             ),

@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch import BatchPlan, Limits, PartitionProgress, RawMessage, plan_batch, state_key
+from pipeline.batch import (
+    BatchPlan,
+    Limits,
+    PartitionProgress,
+    RawMessage,
+    plan_batch,
+    split_by_bytes,
+    state_key,
+)
 from pipeline.events import AgentEvent, ProductEvent, Source
 from pipeline.window import HOUR_US
 
@@ -500,3 +508,21 @@ def test_plan_does_not_mutate_its_inputs() -> None:
     plan_batch(messages, Limits(), NOW, watermarks)
     assert watermarks == {0: 5}
     assert messages == [msg(0, product())]
+
+
+class TestSplitByBytes:
+    def test_chunks_keep_order_and_stay_under_the_limit(self) -> None:
+        messages = [RawMessage("events", 0, i, b"x" * 10) for i in range(10)]
+        chunks = split_by_bytes(messages, 35)
+        assert [len(c) for c in chunks] == [3, 3, 3, 1]
+        assert [m for c in chunks for m in c] == messages
+
+    def test_a_message_over_the_limit_is_a_chunk_of_its_own(self) -> None:
+        big = RawMessage("events", 0, 1, b"x" * 100)
+        small = [RawMessage("events", 0, i, b"y") for i in (0, 2)]
+        assert split_by_bytes([small[0], big, small[1]], 10) == [[small[0]], [big], [small[1]]]
+
+    def test_empty_values_count_as_nothing(self) -> None:
+        messages = [RawMessage("events", 0, i, None) for i in range(3)]
+        assert split_by_bytes(messages, 1) == [messages]
+        assert split_by_bytes([], 1) == []

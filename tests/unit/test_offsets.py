@@ -23,10 +23,10 @@ def batch(*parts: tuple[int, list[int]]) -> tuple[BatchPlan, dict[int, int]]:
 
 
 def run(guard: OffsetGuard, *parts: tuple[int, list[int]]) -> tuple[dict[int, int], BatchPlan]:
-    """check() then committed(), as the processor does after a successful sink write."""
+    """check() then advance(), as the processor does when it plans a batch."""
     plan, first = batch(*parts)
     seeks = guard.check(plan, first)
-    guard.committed(plan)
+    guard.advance(plan)
     return seeks, plan
 
 
