@@ -1,15 +1,20 @@
 """``python -m pipeline bench``: end-to-end throughput and latency, beside a naive baseline.
 
-On a throwaway embedded stack (``.stack/bench``, wiped first), per scenario a
-fresh database and topic:
+On a throwaway embedded stack (``.stack/bench``, wiped first), each scenario is
+run ``--runs`` times (fresh database and topic each time) and the table shows
+the median of each figure:
 
 * throughput: publish a fixed load (the demo mix: 10% duplicates, 2% invalid)
-  as fast as possible to a running worker; events/s = events / (time from the
+  as fast as possible to running workers; events/s = events / (time from the
   first publish until PostgreSQL holds every offset durably);
 * latency: at half that rate, probe events are published among the load and
   the time until each one's rollup row is visible is measured (p50/p99);
+* resources: the worker's peak resident memory, and the CPU time the worker
+  and the PostgreSQL server spent per event during the throughput phase;
 * naive baseline: the same load through a plain consumer doing one INSERT per
-  event (and one rollup upsert per event), in autocommit.
+  event (and one rollup upsert per event), in autocommit;
+* publisher: ``Publisher.publish_events`` from one process, keys computed;
+* gateway: single-event and bulk posts through ``python -m producers gateway``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
+import psutil
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.codec import decode_message
@@ -56,13 +63,18 @@ class Result:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_rate: float | None = None
+    worker_peak_mb: float | None = None  # the largest worker's peak resident memory
+    worker_cpu_us_per_event: float | None = None  # all workers together
+    postgres_cpu_us_per_event: float | None = None
+    runs: int = 1
+    events_per_s_all: list[float] | None = None  # every run, for the spread
 
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_bench(settings: Settings, count: int, as_json: bool) -> int:
+def run_bench(settings: Settings, count: int, as_json: bool, runs: int = 3) -> int:
     shutil.rmtree(BENCH_DIR, ignore_errors=True)
     _say(f"== embedded stack in {BENCH_DIR}")
     info = asyncio.run(stack_up(settings.with_overrides(database_url=None), BENCH_DIR))
@@ -73,18 +85,127 @@ def run_bench(settings: Settings, count: int, as_json: bool) -> int:
         data_dir=str(BENCH_DIR / "worker"),
         log_level="WARNING",
     )
+    pg = _PostgresCpu(info.postgres_pid)
+    scenarios: list[tuple[str, Callable[[], Coroutine[Any, Any, Result]]]] = [
+        (
+            "faust worker, single-event messages",
+            lambda: _faust_scenario(base, pg, "faust worker, single-event messages", 1, count),
+        ),
+        (
+            "faust worker, envelopes of 100",
+            lambda: _faust_scenario(base, pg, "faust worker, envelopes of 100", 100, count),
+        ),
+        (
+            "2 faust workers, envelopes of 100",
+            lambda: _faust_scenario(
+                base, pg, "2 faust workers, envelopes of 100", 100, count, workers=2
+            ),
+        ),
+        ("naive baseline (one INSERT per event)", lambda: _naive_scenario(base, pg, count)),
+        ("publisher, single-event messages", lambda: _publisher_scenario(base, 1, count)),
+        ("publisher, envelopes of 100", lambda: _publisher_scenario(base, 100, count)),
+    ]
     try:
-        results = [
-            asyncio.run(_faust_scenario(base, "faust worker, single-event messages", 1, count)),
-            asyncio.run(_faust_scenario(base, "faust worker, envelopes of 100", 100, count)),
-            asyncio.run(_naive_scenario(base, min(count, 20_000))),
-        ]
-        gateway = asyncio.run(_gateway_scenario(base))
+        results = []
+        for title, scenario in scenarios:
+            measured: list[Result] = []
+            for run in range(1, runs + 1):
+                _say(f"== {title}, run {run} of {runs}")
+                measured.append(asyncio.run(scenario()))
+            results.append(_median(measured))
+        gateways = []
+        for run in range(1, runs + 1):
+            _say(f"== HTTP gateway, run {run} of {runs}")
+            gateways.append(asyncio.run(_gateway_scenario(base)))
+        gateway = _median_gateway(gateways)
     finally:
         for line in stack_down(BENCH_DIR):
             _say("   " + line)
-    _report(results, gateway, as_json)
+    _report(results, gateway, as_json, runs)
     return 0
+
+
+def _median(results: list[Result]) -> Result:
+    """The median of every figure over the runs of one scenario."""
+    first = results[0]
+    out = Result(first.scenario, first.events, 0, 0, runs=len(results))
+    for f in fields(Result):
+        if f.name in ("scenario", "events", "runs", "events_per_s_all"):
+            continue
+        values = [getattr(r, f.name) for r in results if getattr(r, f.name) is not None]
+        if values:
+            setattr(out, f.name, round(statistics.median(values), 1))
+    out.events_per_s = round(out.events_per_s)
+    out.events_per_s_all = [r.events_per_s for r in results]
+    return out
+
+
+def _median_gateway(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("single", "bulk"):
+        rows = [r.get(kind, {}) for r in runs]
+        merged: dict[str, Any] = {}
+        for key in rows[0]:
+            values = [row[key] for row in rows if isinstance(row.get(key), int | float)]
+            if values:
+                merged[key] = round(statistics.median(values), 1)
+        out[kind] = merged
+    return out
+
+
+class _PostgresCpu:
+    """CPU seconds used by the embedded PostgreSQL server, its exited backends included."""
+
+    def __init__(self, pid: int | None) -> None:
+        self._proc = psutil.Process(pid) if pid else None
+
+    def seconds(self) -> float | None:
+        if self._proc is None:
+            return None
+        try:
+            t = self._proc.cpu_times()
+            total = float(t.user + t.system + t.children_user + t.children_system)
+            for child in self._proc.children():
+                with _suppress_gone():
+                    c = child.cpu_times()
+                    total += c.user + c.system
+            return total
+        except psutil.Error:
+            return None
+
+
+class _suppress_gone:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, psutil.Error)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with _suppress_gone():
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """VmHWM: the peak resident set of a live process (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _per_event_us(before: float | None, after: float | None, events: int) -> float | None:
+    if before is None or after is None or not events:
+        return None
+    return round((after - before) / events * 1e6, 1)
 
 
 async def _gateway_scenario(base: Settings) -> dict[str, Any]:
@@ -92,7 +213,6 @@ async def _gateway_scenario(base: Settings) -> dict[str, Any]:
     from producers.gateway.bench import bench_gateway
 
     s = await _fresh(base, "gateway")
-    _say("== HTTP gateway: 20000 single posts, 60 bulk posts of 1000 events")
     return await bench_gateway(s, log_file=BENCH_DIR / "gateway.log")
 
 
@@ -115,40 +235,79 @@ async def _fresh(base: Settings, name: str) -> Settings:
     return s
 
 
-async def _faust_scenario(base: Settings, title: str, envelope: int, count: int) -> Result:
-    s = await _fresh(base, f"e{envelope}")
-    _say(f"== {title}: {count} events")
-    worker = start_worker(s, BENCH_DIR / f"worker-{s.app_id}.log")
+async def _faust_scenario(
+    base: Settings, pg: _PostgresCpu, title: str, envelope: int, count: int, workers: int = 1
+) -> Result:
+    s = await _fresh(base, f"e{envelope}w{workers}")
+    procs = [start_worker(s, BENCH_DIR / f"worker-{s.app_id}-{i}.log") for i in range(workers)]
+    p50 = p99 = None
     try:
         async with Publisher(s) as pub:
-            await _warm_up(s, pub)
+            await _warm_up(s, pub, workers)
             workload = build_workload(
                 LoadOptions(count=count, envelope_size=envelope), pub.partitions
             )
+            pids = [p.pid for p in procs]
+            cpu0, pg0 = _cpu_seconds(pids), pg.seconds()
             started = time.monotonic()
             receipt = await publish_workload(pub, workload, progress=False)
             await wait_until_processed(
                 s.require_database_url(), s.events_topic, receipt.end_offsets, 900
             )
             elapsed = time.monotonic() - started
+            cpu1, pg1 = _cpu_seconds(pids), pg.seconds()
             rate = count / elapsed
-            _say(f"   {rate:,.0f} events/s; latency at {rate / 2:,.0f} events/s ...")
-            p50, p99 = await _latency(s, pub, envelope, rate / 2)
+            if workers == 1:
+                _say(f"   {rate:,.0f} events/s; latency at {rate / 2:,.0f} events/s ...")
+                p50, p99 = await _latency(s, pub, envelope, rate / 2)
+            else:
+                _say(f"   {rate:,.0f} events/s")
+            peaks = [m for m in (_peak_rss_mb(pid) for pid in pids) if m is not None]
     finally:
-        stop_worker(worker)
-    return Result(title, count, round(elapsed, 2), round(rate), p50, p99, round(rate / 2))
+        for proc in procs:
+            stop_worker(proc)
+    return Result(
+        title,
+        count,
+        round(elapsed, 2),
+        round(rate),
+        p50,
+        p99,
+        round(rate / 2) if p50 is not None else None,
+        worker_peak_mb=max(peaks) if peaks else None,
+        worker_cpu_us_per_event=_per_event_us(cpu0, cpu1, count),
+        postgres_cpu_us_per_event=_per_event_us(pg0, pg1, count),
+    )
 
 
-async def _warm_up(s: Settings, pub: Publisher) -> None:
-    """One event through the worker: the group is joined and connections are open."""
-    probe = {
-        "event_name": "warmup",
-        "channel": PROBE_CHANNEL,
-        "user_id": "bench",
-        "timestamp": time.time(),
-    }
-    receipt = await pub.publish_events([probe])
+async def _warm_up(s: Settings, pub: Publisher, workers: int) -> None:
+    """One event per partition through the workers: every worker owns partitions."""
+    probes = [
+        {"event_name": "warmup", "channel": PROBE_CHANNEL, "user_id": f"bench-{i}", "timestamp": 0}
+        for i in range(64)
+    ]
+    receipt = await pub.publish_events(probes)
     await wait_until_processed(s.require_database_url(), s.events_topic, receipt.end_offsets, 120)
+    if workers > 1:
+        await _wait_for_owners(s, workers, timeout=120)
+
+
+async def _wait_for_owners(s: Settings, workers: int, timeout: float) -> None:
+    """Until ``workers`` workers report partitions in their heartbeat (worker_status)."""
+    conn = await asyncpg.connect(s.require_database_url())
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            owners = await conn.fetchval(
+                "SELECT count(*) FROM worker_status WHERE cardinality(partitions) > 0"
+                " AND heartbeat_at > now() - interval '10 seconds'"
+            )
+            if owners >= workers:
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+    raise TimeoutError(f"{workers} workers did not all own partitions within {timeout:.0f}s")
 
 
 async def _latency(
@@ -229,22 +388,46 @@ ON CONFLICT (hour, channel, event_name) DO UPDATE SET
 """
 
 
-async def _naive_scenario(base: Settings, count: int) -> Result:
+async def _naive_scenario(base: Settings, pg: _PostgresCpu, count: int) -> Result:
     """The baseline: consume, then one INSERT (and one rollup upsert) per event."""
     s = await _fresh(base, "naive")
-    _say(f"== naive baseline, one INSERT per event: {count} events")
+    count = min(count, 20_000)  # at ~2,000 events/s, more only makes the run longer
     opts = LoadOptions(count=count, agent_rate=0.0)
     async with Publisher(s) as pub:
         workload = build_workload(opts, pub.partitions)
+        pg0 = pg.seconds()
         started = time.monotonic()
         publishing = asyncio.create_task(publish_workload(pub, workload, progress=False))
         consumed = await _naive_consume(s, workload.messages)
         await publishing
     elapsed = time.monotonic() - started
-    assert consumed == workload.messages
+    if consumed != workload.messages:
+        raise RuntimeError(f"naive baseline consumed {consumed} of {workload.messages} messages")
     return Result(
-        "naive baseline (one INSERT per event)", count, round(elapsed, 2), round(count / elapsed)
+        "naive baseline (one INSERT per event)",
+        count,
+        round(elapsed, 2),
+        round(count / elapsed),
+        postgres_cpu_us_per_event=_per_event_us(pg0, pg.seconds(), count),
     )
+
+
+async def _publisher_scenario(base: Settings, envelope: int, count: int) -> Result:
+    """``Publisher.publish_events`` from this one process: keys, partitions, JSON, acks."""
+    s = await _fresh(base, f"pub{envelope}")
+    events = [dict(e) for e in build_workload(LoadOptions(count=count), 6).unique]
+    for e in events:
+        e.pop("_ts", None)
+    async with Publisher(s) as pub:
+        chunk = 10_000
+        started = time.monotonic()
+        for i in range(0, len(events), chunk):
+            await pub.publish_events(events[i : i + chunk], envelope_size=envelope)
+        elapsed = time.monotonic() - started
+    title = "publisher, " + (
+        "single-event messages" if envelope == 1 else f"envelopes of {envelope}"
+    )
+    return Result(title, len(events), round(elapsed, 2), round(len(events) / elapsed))
 
 
 async def _naive_consume(s: Settings, messages: int) -> int:
@@ -293,39 +476,47 @@ async def _naive_one(conn: asyncpg.Connection, topic: str, m: Any) -> None:
             await conn.execute(_NAIVE_ROLLUP, event.hour_us, event.channel, event.event_name)
 
 
-def _report(results: list[Result], gateway: dict[str, Any], as_json: bool) -> None:
+def _report(results: list[Result], gateway: dict[str, Any], as_json: bool, runs: int) -> None:
     naive = next((r for r in results if r.scenario.startswith("naive")), None)
+    ratio = {r.scenario: round(r.events_per_s / naive.events_per_s, 1) for r in results if naive}
     if as_json:
-        payload: dict[str, Any] = {"results": [asdict(r) for r in results], "gateway": gateway}
-        if naive:
-            payload["ratio_to_naive"] = {
-                r.scenario: round(r.events_per_s / naive.events_per_s, 1) for r in results
-            }
+        payload: dict[str, Any] = {
+            "runs": runs,
+            "median_of_runs": True,
+            "results": [asdict(r) for r in results],
+            "ratio_to_naive": ratio,
+            "gateway": gateway,
+        }
         print(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
         return
     headers = [
         "scenario",
         "events",
-        "seconds",
         "events/s",
         "x naive",
         "p50 ms",
         "p99 ms",
         "at ev/s",
+        "worker MB",
+        "worker µs/ev",
+        "PG µs/ev",
     ]
     rows = [
         [
             r.scenario,
-            r.events,
-            r.seconds,
+            f"{r.events:,}",
             f"{r.events_per_s:,.0f}",
-            f"{r.events_per_s / naive.events_per_s:.1f}" if naive else "-",
-            r.latency_p50_ms if r.latency_p50_ms is not None else "-",
-            r.latency_p99_ms if r.latency_p99_ms is not None else "-",
-            f"{r.latency_rate:,.0f}" if r.latency_rate else "-",
+            f"{ratio[r.scenario]:.1f}" if r.scenario in ratio else "-",
+            _dash(r.latency_p50_ms),
+            _dash(r.latency_p99_ms),
+            _fmt(r.latency_rate),
+            _dash(r.worker_peak_mb),
+            _dash(r.worker_cpu_us_per_event),
+            _dash(r.postgres_cpu_us_per_event),
         ]
         for r in results
     ]
+    print(f"median of {runs} runs each")
     print(format_table(headers, rows))
     print()
     print(
@@ -336,8 +527,8 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool) -> No
                     kind,
                     _fmt(g.get("requests_per_s")),
                     _fmt(g.get("events_per_s")),
-                    g.get("p50_ms", "-"),
-                    g.get("p99_ms", "-"),
+                    _dash(g.get("p50_ms")),
+                    _dash(g.get("p99_ms")),
                 ]
                 for kind, g in (
                     ("single posts", gateway.get("single", {})),
@@ -346,6 +537,10 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool) -> No
             ],
         )
     )
+
+
+def _dash(value: object) -> object:
+    return "-" if value is None else value
 
 
 def _fmt(value: object) -> str:

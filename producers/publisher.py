@@ -21,20 +21,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
 from pipeline.errors import PublishError
 from pipeline.settings import Settings
+from producers.keyhash import partition_for
 from producers.keys import event_key
 
 __all__ = ["Publisher", "Receipt", "partition_for"]
 
 MAX_BATCH_BYTES = 1_000_000
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 @dataclass

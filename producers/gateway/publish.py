@@ -23,8 +23,8 @@ from aiokafka.errors import KafkaError
 from pipeline.errors import PublishError
 from pipeline.settings import Settings
 from producers.gateway.ingest import Prepared
-from producers.gateway.keyhash import partition_for
 from producers.gateway.settings import GatewaySettings
+from producers.keyhash import partition_for
 from producers.publisher import Publisher, Receipt
 
 __all__ = ["Broker", "GatewayPublisher", "envelope_records"]

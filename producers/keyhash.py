@@ -3,7 +3,7 @@
 Same results as ``aiokafka.partitioner.murmur2`` (the unit tests compare them
 on many keys): the 4-byte words come from one ``memoryview`` cast instead of
 four indexings and masks each, and fewer masks are applied. A bulk request
-hashes up to 1,000 keys, so this is on the gateway's hot path. Pure: no I/O.
+hashes up to 1,000 keys and the publisher one per event, so this is on both hot paths. Pure: no I/O.
 """
 
 from __future__ import annotations
