@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench import run_bench
 
-    return run_bench(settings, count=args.count, as_json=args.json, runs=args.runs)
+    return run_bench(settings, count=args.count, as_json=args.json, runs=args.runs, only=args.only)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--count", type=int, default=60_000, help="events per run")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians")
+    b.add_argument(
+        "--only", default=None, help="scenarios whose name holds one of these comma-separated words"
+    )
     b.set_defaults(run=_bench)
     return p
 

@@ -74,7 +74,9 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_bench(settings: Settings, count: int, as_json: bool, runs: int = 3) -> int:
+def run_bench(
+    settings: Settings, count: int, as_json: bool, runs: int = 3, only: str | None = None
+) -> int:
     shutil.rmtree(BENCH_DIR, ignore_errors=True)
     _say(f"== embedded stack in {BENCH_DIR}")
     info = asyncio.run(stack_up(settings.with_overrides(database_url=None), BENCH_DIR))
@@ -105,6 +107,9 @@ def run_bench(settings: Settings, count: int, as_json: bool, runs: int = 3) -> i
         ("publisher, single-event messages", lambda: _publisher_scenario(base, 1, count)),
         ("publisher, envelopes of 100", lambda: _publisher_scenario(base, 100, count)),
     ]
+    wanted = [w.strip().lower() for w in only.split(",")] if only else []
+    scenarios = [(t, f) for t, f in scenarios if not wanted or any(w in t.lower() for w in wanted)]
+    with_gateway = not wanted or any(w in "http gateway" for w in wanted)
     try:
         results = []
         for title, scenario in scenarios:
@@ -114,10 +119,10 @@ def run_bench(settings: Settings, count: int, as_json: bool, runs: int = 3) -> i
                 measured.append(asyncio.run(scenario()))
             results.append(_median(measured))
         gateways = []
-        for run in range(1, runs + 1):
+        for run in range(1, (runs if with_gateway else 0) + 1):
             _say(f"== HTTP gateway, run {run} of {runs}")
             gateways.append(asyncio.run(_gateway_scenario(base)))
-        gateway = _median_gateway(gateways)
+        gateway = _median_gateway(gateways) if gateways else {}
     finally:
         for line in stack_down(BENCH_DIR):
             _say("   " + line)

@@ -1,8 +1,9 @@
-"""Partial hourly rollups of one batch, merged additively by PostgreSQL.
+"""The hourly rollups of a set of events, in Python: the reference model.
 
-Only events the sink really inserted are aggregated, so a replayed batch adds
-nothing. Rows are sorted by key: every worker then locks rollup rows in the same
-order, which keeps concurrent transactions from deadlocking. Pure: no I/O.
+The sink computes these partial sums inside PostgreSQL, from the rows its
+INSERT really inserted (``sql.INSERT_EVENTS``, ``sql.INSERT_AGENT_EVENTS``), in
+the same statement. This module states the same arithmetic plainly; the tests
+check the generator's expected rollups and the SQL against it. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The PostgreSQL sink: one transaction per batch, an exactly-once effect.
 
-In ONE transaction: insert raw events ``ON CONFLICT DO NOTHING``, take the rows
-really inserted (``RETURNING``), aggregate only those, add the partial sums to
-the rollups, store the dead letters, and move the per-partition next offset and
-watermark forward. A replayed batch inserts nothing new and so adds nothing.
+In ONE transaction: COPY the batch's events into staging tables, insert them
+into the raw tables ``ON CONFLICT DO NOTHING``, aggregate only the rows really
+inserted (``RETURNING``) and add those partial sums to the rollups (one
+statement per event kind, ``sql.INSERT_EVENTS``), store the dead letters, and
+move the per-partition next offset and watermark forward. A replayed batch
+inserts nothing new and so adds nothing.
 
 Transient failures (connection lost, database restarting, deadlock) are retried
 here with backoff, forever, unless the caller says to abandon the batch (its
@@ -24,7 +26,6 @@ from pipeline import sql
 from pipeline.batch import BatchPlan
 from pipeline.errors import FatalSinkError
 from pipeline.events import AgentEvent, ProductEvent
-from pipeline.rollup import aggregate_agents, aggregate_channels, user_rows
 
 __all__ = ["TRANSIENT_ERRORS", "Abandoned", "Sink", "WriteResult", "load_progress"]
 
@@ -106,15 +107,14 @@ class Sink:
     async def _write_once(self, plan: BatchPlan, attempt: int) -> WriteResult:
         pool = await self._pool()
         async with pool.acquire() as conn, conn.transaction():
-            product_keys = await _insert_products(conn, plan.topic, plan.products)
-            agent_keys = await _insert_agents(conn, plan.topic, plan.agents)
-            stored_products = [e for e in plan.products if e.dedup_key in product_keys]
-            await _add_channel_rollups(conn, stored_products)
-            await _add_agent_rollups(conn, [e for e in plan.agents if e.dedup_key in agent_keys])
+            if plan.products or plan.agents:
+                await conn.execute(sql.CREATE_STAGING)
+            stored_products, job_keys = await _insert_products(conn, plan.topic, plan.products)
+            stored_agents = await _insert_agents(conn, plan.topic, plan.agents)
             await _insert_dead_letters(conn, plan)
-            await _add_job_outcomes(conn, plan, product_keys)
+            await _add_job_outcomes(conn, plan, job_keys)
             await _advance_progress(conn, plan)
-        stored = len(product_keys) + len(agent_keys)
+        stored = stored_products + stored_agents
         return WriteResult(
             stored=stored,
             duplicates=len(plan.products) + len(plan.agents) - stored,
@@ -133,95 +133,66 @@ async def _sleep_unless(abandon: Callable[[], bool], delay: float) -> None:
 
 async def _insert_products(
     conn: asyncpg.Connection, topic: str, events: Sequence[ProductEvent]
-) -> set[str]:
+) -> tuple[int, set[str]]:
+    """Stage, insert the new ones, add them to the rollups: (how many new, new job keys)."""
     if not events:
-        return set()
-    rows = await conn.fetch(
-        sql.INSERT_RAW_EVENTS,
-        [e.dedup_key for e in events],
-        [e.event_name for e in events],
-        [e.channel for e in events],
-        [e.user_id for e in events],
-        [e.ts_us for e in events],
-        [e.payload.decode() for e in events],
-        [e.source.partition for e in events],
-        [e.source.offset for e in events],
-        topic,
-        [e.job[0] if e.job else None for e in events],
-        [e.late for e in events],
+        return 0, set()
+    table, columns = sql.STAGE_EVENTS
+    await conn.copy_records_to_table(
+        table,
+        columns=columns,
+        records=[
+            (
+                e.dedup_key,
+                e.event_name,
+                e.channel,
+                e.user_id,
+                e.ts_us,
+                e.payload,
+                e.source.partition,
+                e.source.offset,
+                e.job[0] if e.job else None,
+                e.late,
+            )
+            for e in events
+        ],
     )
-    return {r[0] for r in rows}
+    row = await conn.fetchrow(sql.INSERT_EVENTS, topic)
+    return row["stored"], set(row["job_keys"] or ())
 
 
-async def _insert_agents(
-    conn: asyncpg.Connection, topic: str, events: Sequence[AgentEvent]
-) -> set[str]:
+async def _insert_agents(conn: asyncpg.Connection, topic: str, events: Sequence[AgentEvent]) -> int:
+    """Stage, insert the new ones, add them to the rollups: how many were new."""
     if not events:
-        return set()
-    rows = await conn.fetch(
-        sql.INSERT_RAW_AGENT_EVENTS,
-        [e.dedup_key for e in events],
-        [e.event_type for e in events],
-        [e.ts_us for e in events],
-        [e.tenant_id for e in events],
-        [e.workspace_id for e in events],
-        [e.project_id for e in events],
-        [e.agent_id for e in events],
-        [e.workflow_id for e in events],
-        [e.run_id for e in events],
-        [e.status for e in events],
-        [e.cost_usd for e in events],
-        [e.latency_ms for e in events],
-        [e.payload.decode() for e in events],
-        [e.source.partition for e in events],
-        [e.source.offset for e in events],
-        topic,
-        [e.late for e in events],
+        return 0
+    table, columns = sql.STAGE_AGENT_EVENTS
+    await conn.copy_records_to_table(
+        table,
+        columns=columns,
+        records=[
+            (
+                e.dedup_key,
+                e.event_type,
+                e.ts_us,
+                e.tenant_id,
+                e.workspace_id,
+                e.project_id,
+                e.agent_id,
+                e.workflow_id,
+                e.run_id,
+                e.status,
+                e.cost_usd,
+                e.latency_ms,
+                e.payload,
+                e.source.partition,
+                e.source.offset,
+                e.late,
+            )
+            for e in events
+        ],
     )
-    return {r[0] for r in rows}
-
-
-async def _add_channel_rollups(conn: asyncpg.Connection, stored: Sequence[ProductEvent]) -> None:
-    if not stored:
-        return
-    aggs = aggregate_channels(stored)
-    users = user_rows(stored)
-    new_users = await conn.fetch(sql.INSERT_CHANNEL_USERS, *_columns(users, 4))
-    for r in new_users:
-        aggs[(r["hour_us"], r["channel"], r["event_name"])].new_users = r["new_users"]
-    keys = list(aggs)
-    values = list(aggs.values())
-    await conn.execute(
-        sql.UPSERT_CHANNEL_ROLLUP,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [a.events for a in values],
-        [a.new_users for a in values],
-        [a.late for a in values],
-        [a.first_us for a in values],
-        [a.last_us for a in values],
-    )
-
-
-async def _add_agent_rollups(conn: asyncpg.Connection, stored: Sequence[AgentEvent]) -> None:
-    if not stored:
-        return
-    aggs = aggregate_agents(stored)
-    keys = list(aggs)
-    v = list(aggs.values())
-    await conn.execute(
-        sql.UPSERT_AGENT_ROLLUP,
-        *_columns(keys, 6),
-        [a.runs for a in v],
-        [a.succeeded for a in v],
-        [a.failed for a in v],
-        [a.events for a in v],
-        [a.cost_usd for a in v],
-        [a.latency_ms_sum for a in v],
-        [a.latency_ms_count for a in v],
-        [a.late for a in v],
-    )
+    stored: int = await conn.fetchval(sql.INSERT_AGENT_EVENTS, topic)
+    return stored
 
 
 async def _insert_dead_letters(conn: asyncpg.Connection, plan: BatchPlan) -> None:

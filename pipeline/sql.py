@@ -1,107 +1,137 @@
 """Every SQL statement the pipeline runs, in one place.
 
-Bulk statements take column arrays and ``unnest`` them: one round trip per
-statement per batch, whatever the batch size. Times travel as epoch
-microseconds (int8) and become timestamptz here.
+Events reach PostgreSQL by binary COPY into staging tables; the smaller bulk
+statements take column arrays and ``unnest`` them: a few round trips per batch,
+whatever its size. Times travel as epoch microseconds (int8) and become
+timestamptz here.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "INSERT_CHANNEL_USERS",
+    "ADD_JOB_OUTCOMES",
+    "CREATE_STAGING",
+    "INSERT_AGENT_EVENTS",
     "INSERT_DEAD_LETTERS",
-    "INSERT_RAW_AGENT_EVENTS",
-    "INSERT_RAW_EVENTS",
+    "INSERT_EVENTS",
     "SELECT_PROGRESS",
-    "UPSERT_AGENT_ROLLUP",
-    "UPSERT_CHANNEL_ROLLUP",
+    "STAGE_AGENT_EVENTS",
+    "STAGE_EVENTS",
     "UPSERT_CONFIG",
     "UPSERT_PROGRESS",
-    "ADD_JOB_OUTCOMES",
 ]
 
 _TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
+# Each batch's events are COPYed (binary) into per-session staging tables, then
+# ONE statement per event kind inserts the new ones into the raw table and adds
+# exactly those to the rollups: the rollup rows come from the INSERT's RETURNING,
+# so a replayed batch inserts nothing and adds nothing. TEMP tables are unlogged
+# and private to the session; ON COMMIT DELETE ROWS empties them.
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_events (
+    k text, n text, c text, u text, t int8, p bytea, sp int4, so int8, j uuid, la bool
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_agent_events (
+    k text, et text, t int8, tn text, ws text, pr text, ag text, wf text, rn text, st text,
+    cu float8, lm float8, p bytea, sp int4, so int8, la bool
+) ON COMMIT DELETE ROWS
+"""
+STAGE_EVENTS = ("stage_events", ("k", "n", "c", "u", "t", "p", "sp", "so", "j", "la"))
+STAGE_AGENT_EVENTS = (
+    "stage_agent_events",
+    ("k", "et", "t", "tn", "ws", "pr", "ag", "wf", "rn", "st", "cu", "lm", "p", "sp", "so", "la"),
+)
+
+_UTC_HOUR = "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+
 # Raw inserts need no ORDER BY: all copies of a key share a partition, so two
 # workers never insert the same key (and a rare clash is retried as a deadlock).
-INSERT_RAW_EVENTS = f"""
-INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
-                        source_topic, source_partition, source_offset, ingestion_job_id, late)
-SELECT k, n, c, u, {_TS.format("t")}, p::jsonb, $9, sp, so, j, la
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
-            $7::int4[], $8::int8[], $10::uuid[], $11::bool[]) AS x(k, n, c, u, t, p, sp, so, j, la)
-ON CONFLICT (dedup_key) DO NOTHING
-RETURNING dedup_key
-"""
-
-INSERT_RAW_AGENT_EVENTS = f"""
-INSERT INTO raw_agent_events (dedup_key, event_type, occurred_at, tenant_id, workspace_id,
-                              project_id, agent_id, workflow_id, run_id, status, cost_usd,
-                              latency_ms, payload, source_topic, source_partition, source_offset,
-                              late)
-SELECT k, et, {_TS.format("t")}, tn, ws, pr, ag, wf, rn, st, cu, lm, p::jsonb, $16, sp, so, la
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[],
-            $14::int4[], $15::int8[], $17::bool[])
-     AS x(k, et, t, tn, ws, pr, ag, wf, rn, st, cu, lm, p, sp, so, la)
-ON CONFLICT (dedup_key) DO NOTHING
-RETURNING dedup_key
-"""
-
-# Returns, per rollup key, how many users were new to that hour's user set.
-INSERT_CHANNEL_USERS = f"""
+# Rollup rows are locked in key order (ORDER BY), the same in every worker.
+# Returns how many rows were new, and the dedup keys of new ingestion-job events.
+INSERT_EVENTS = f"""
 WITH ins AS (
+    INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
+                            source_topic, source_partition, source_offset, ingestion_job_id,
+                            late)
+    SELECT k, n, c, u, {_TS.format("t")}, convert_from(p, 'UTF8')::jsonb, $1, sp, so, j, la
+    FROM stage_events
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING dedup_key, event_name, channel, user_id, occurred_at, late, ingestion_job_id
+), fresh AS (
+    SELECT {_UTC_HOUR} AS hour, channel, event_name, user_id, occurred_at, late FROM ins
+), users AS (  -- the per-hour user sets: a user counts once per rollup row, ever
     INSERT INTO rollup_channel_users (hour, channel, event_name, user_id)
-    SELECT {_TS.format("h")}, c, n, u
-    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) AS x(h, c, n, u)
-    ORDER BY 1, 2, 3, 4
+    SELECT DISTINCT hour, channel, event_name, user_id FROM fresh ORDER BY 1, 2, 3, 4
     ON CONFLICT DO NOTHING
     RETURNING hour, channel, event_name
+), new_users AS (
+    SELECT hour, channel, event_name, count(*) AS n FROM users GROUP BY 1, 2, 3
+), sums AS (
+    SELECT hour, channel, event_name, count(*) AS events, count(*) FILTER (WHERE late) AS late,
+           min(occurred_at) AS first_at, max(occurred_at) AS last_at
+    FROM fresh GROUP BY 1, 2, 3
+), rollup AS (
+    INSERT INTO rollup_channel_hourly AS r (hour, channel, event_name, event_count,
+                                            unique_users, late_events, first_event_at,
+                                            last_event_at, revised_at)
+    SELECT s.hour, s.channel, s.event_name, s.events, coalesce(nu.n, 0), s.late, s.first_at,
+           s.last_at, CASE WHEN s.late > 0 THEN now() END
+    FROM sums s LEFT JOIN new_users nu USING (hour, channel, event_name)
+    ORDER BY 1, 2, 3
+    ON CONFLICT (hour, channel, event_name) DO UPDATE SET
+        event_count    = r.event_count + EXCLUDED.event_count,
+        unique_users   = r.unique_users + EXCLUDED.unique_users,
+        late_events    = r.late_events + EXCLUDED.late_events,
+        first_event_at = least(r.first_event_at, EXCLUDED.first_event_at),
+        last_event_at  = greatest(r.last_event_at, EXCLUDED.last_event_at),
+        updated_at     = now(),
+        revised_at     = coalesce(EXCLUDED.revised_at, r.revised_at)
 )
-SELECT (extract(epoch FROM hour) * 1000000)::int8 AS hour_us, channel, event_name,
-       count(*) AS new_users
-FROM ins GROUP BY 1, 2, 3
+SELECT count(*) AS stored,
+       array_agg(dedup_key) FILTER (WHERE ingestion_job_id IS NOT NULL) AS job_keys
+FROM ins
 """
 
-UPSERT_CHANNEL_ROLLUP = f"""
-INSERT INTO rollup_channel_hourly AS r (hour, channel, event_name, event_count, unique_users,
-                                        late_events, first_event_at, last_event_at, revised_at)
-SELECT {_TS.format("h")}, c, n, ec, uu, le, {_TS.format("fe")}, {_TS.format("la")},
-       CASE WHEN le > 0 THEN now() END
-FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-            $7::int8[], $8::int8[]) AS x(h, c, n, ec, uu, le, fe, la)
-ORDER BY 1, 2, 3
-ON CONFLICT (hour, channel, event_name) DO UPDATE SET
-    event_count    = r.event_count + EXCLUDED.event_count,
-    unique_users   = r.unique_users + EXCLUDED.unique_users,
-    late_events    = r.late_events + EXCLUDED.late_events,
-    first_event_at = least(r.first_event_at, EXCLUDED.first_event_at),
-    last_event_at  = greatest(r.last_event_at, EXCLUDED.last_event_at),
-    updated_at     = now(),
-    revised_at     = coalesce(EXCLUDED.revised_at, r.revised_at)
-"""
-
-UPSERT_AGENT_ROLLUP = f"""
-INSERT INTO rollup_agent_hourly AS r (hour, tenant_id, workspace_id, project_id, agent_id,
-                                      workflow_id, runs, succeeded, failed, events, cost_usd,
-                                      latency_ms_sum, latency_ms_count, late_events, revised_at)
-SELECT {_TS.format("h")}, tn, ws, pr, ag, wf, ru, su, fa, ev, co, ls, lc, le,
-       CASE WHEN le > 0 THEN now() END
-FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[], $12::float8[],
-            $13::int8[], $14::int8[]) AS x(h, tn, ws, pr, ag, wf, ru, su, fa, ev, co, ls, lc, le)
-ORDER BY 1, 2, 3, 4, 5, 6
-ON CONFLICT (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id) DO UPDATE SET
-    runs             = r.runs + EXCLUDED.runs,
-    succeeded        = r.succeeded + EXCLUDED.succeeded,
-    failed           = r.failed + EXCLUDED.failed,
-    events           = r.events + EXCLUDED.events,
-    cost_usd         = r.cost_usd + EXCLUDED.cost_usd,
-    latency_ms_sum   = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
-    latency_ms_count = r.latency_ms_count + EXCLUDED.latency_ms_count,
-    late_events      = r.late_events + EXCLUDED.late_events,
-    updated_at       = now(),
-    revised_at       = coalesce(EXCLUDED.revised_at, r.revised_at)
+INSERT_AGENT_EVENTS = f"""
+WITH ins AS (
+    INSERT INTO raw_agent_events (dedup_key, event_type, occurred_at, tenant_id, workspace_id,
+                                  project_id, agent_id, workflow_id, run_id, status, cost_usd,
+                                  latency_ms, payload, source_topic, source_partition,
+                                  source_offset, late)
+    SELECT k, et, {_TS.format("t")}, tn, ws, pr, ag, wf, rn, st, cu, lm,
+           convert_from(p, 'UTF8')::jsonb, $1, sp, so, la
+    FROM stage_agent_events
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING event_type, occurred_at, tenant_id, workspace_id, project_id, agent_id,
+              workflow_id, cost_usd, latency_ms, late
+), rollup AS (
+    INSERT INTO rollup_agent_hourly AS r (hour, tenant_id, workspace_id, project_id, agent_id,
+                                          workflow_id, runs, succeeded, failed, events,
+                                          cost_usd, latency_ms_sum, latency_ms_count,
+                                          late_events, revised_at)
+    SELECT {_UTC_HOUR}, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+           count(*) FILTER (WHERE event_type = 'run.started'),
+           count(*) FILTER (WHERE event_type = 'run.completed'),
+           count(*) FILTER (WHERE event_type = 'run.failed'),
+           count(*), coalesce(sum(cost_usd), 0), coalesce(sum(latency_ms), 0),
+           count(latency_ms), count(*) FILTER (WHERE late),
+           CASE WHEN bool_or(late) THEN now() END
+    FROM ins GROUP BY 1, 2, 3, 4, 5, 6
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id) DO UPDATE SET
+        runs             = r.runs + EXCLUDED.runs,
+        succeeded        = r.succeeded + EXCLUDED.succeeded,
+        failed           = r.failed + EXCLUDED.failed,
+        events           = r.events + EXCLUDED.events,
+        cost_usd         = r.cost_usd + EXCLUDED.cost_usd,
+        latency_ms_sum   = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
+        latency_ms_count = r.latency_ms_count + EXCLUDED.latency_ms_count,
+        late_events      = r.late_events + EXCLUDED.late_events,
+        updated_at       = now(),
+        revised_at       = coalesce(EXCLUDED.revised_at, r.revised_at)
+)
+SELECT count(*) AS stored FROM ins
 """
 
 INSERT_DEAD_LETTERS = """
@@ -157,8 +187,6 @@ ON CONFLICT (id) DO UPDATE SET completeness_grace = EXCLUDED.completeness_grace,
 """
 
 # --- Reconciliation: rollups against the raw tables (tests, demo, operators) ---
-
-_UTC_HOUR = "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
 
 CHANNEL_ROLLUP_MISMATCHES = f"""
 WITH raw AS (
