@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Callable
 
@@ -36,8 +37,21 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         redirect_stdouts=False,
         quiet=True,
     )
+    _tune_gc()
     worker.execute_from_commandline()  # returns only through SystemExit
     return 0
+
+
+def _tune_gc() -> None:
+    """Fewer cyclic-GC passes: a batch decodes ~10^5 short-lived, acyclic objects.
+
+    With the default threshold (700 allocations) the collector ran hundreds of
+    times per batch and took ~30% of plan time (bench: plan 13.5 → 9.6 µs per
+    event). Objects alive after start-up (modules, Faust) are frozen out of it.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -206,9 +206,18 @@ class PipelineApp(faust.App):
         )
         return offsets
 
+    def on_init_dependencies(self) -> Any:
+        services = super().on_init_dependencies()
+        # Faust's Monitor sensor records several statistics per message for its
+        # web views, which this worker does not serve (/metrics comes from
+        # WorkerMetrics): leave it out of the per-message path.
+        self.sensors.remove(self.monitor)
+        return services
+
     async def on_stop(self) -> None:
-        await super().on_stop()
+        # The batch in flight first: Faust's last commit then covers it.
         await self.write_behind.wait(timeout=30.0)
+        await super().on_stop()
         await self.runtime.close()
 
 
@@ -223,6 +232,10 @@ def _faust_options(settings: Settings) -> dict[str, Any]:
         "web_enabled": False,
         "key_serializer": "raw",
         "value_serializer": "raw",
+        # Messages Faust fetches ahead of the agent. With its default (4096) the
+        # take of SINK_BATCH_MAX messages keeps draining the buffer below its
+        # low-water mark, pausing and resuming the fetch around every batch.
+        "stream_buffer_maxsize": settings.buffer_messages,
     }
     credentials = _credentials(settings)
     if credentials is not None:

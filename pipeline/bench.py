@@ -381,7 +381,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 _NAIVE_RAW = """
 INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
                         source_topic, source_partition, source_offset)
-VALUES ($1, $2, $3, $4, timestamptz 'epoch' + $5 * interval '1 microsecond', $6::jsonb, $7, $8, $9)
+VALUES ($1, $2, $3, $4, timestamptz 'epoch' + $5 * interval '1 microsecond', $6::json, $7, $8, $9)
 ON CONFLICT DO NOTHING RETURNING dedup_key
 """
 _NAIVE_ROLLUP = """

@@ -156,7 +156,8 @@ class WorkerMetrics:
         )
         self.skipped = r.counter(
             "pipeline_messages_skipped_total",
-            "messages handed out before their partition was positioned (read again later)",
+            "messages skipped: already durable in PostgreSQL, or handed out before their"
+            " partition was positioned (read again later)",
         )
         self.rebalances = r.counter("pipeline_rebalances_total", "partition assignments received")
         self.batch_size = r.histogram(

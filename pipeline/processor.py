@@ -12,6 +12,7 @@ without a broker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -92,15 +93,17 @@ class Processor:
         starts: dict[int, int] = {}
         for p in partitions:
             next_offset, watermark = durable.get(p, (None, None))
-            # Resume from what is durable: a batch still in flight may yet be given up.
-            self.guard.reset(p, self.durable.get(p))
+            # A partition kept since its last assignment resumes where this worker
+            # planned up to (Faust may seek twice around one rebalance, with a
+            # batch committing in between); should that batch be given up,
+            # discard() rolls the guard back to the durable offset and the gap
+            # is read again. The durable offset itself is only ever what
+            # PostgreSQL holds.
             starts[p] = self.guard.resume_at(p, next_offset)
-            known = self._durable_watermarks.get(p)
-            self._watermarks[p] = (
-                max(known, watermark) if known and watermark else known or watermark
-            )
-            self._durable_watermarks[p] = self._watermarks[p]
-            self.durable[p] = starts[p]
+            self.durable[p] = max(self.durable.get(p, 0), next_offset or 0)
+            durable_wm = _later(self._durable_watermarks.get(p), watermark)
+            self._durable_watermarks[p] = durable_wm
+            self._watermarks[p] = _later(self._watermarks.get(p), durable_wm)
             self.progressed_at[p] = now
             self.positioned.add(p)
         return starts
@@ -136,9 +139,17 @@ class Processor:
         continues from this one); the dedup state and the durable offsets only
         after :meth:`commit`. Batches must be committed in the order prepared.
         """
-        if any(m.partition not in self.positioned for m in messages):
-            self.metrics.skipped.inc(sum(m.partition not in self.positioned for m in messages))
-            messages = [m for m in messages if m.partition in self.positioned]
+        # Skip what PostgreSQL already holds (Faust re-delivers offsets before
+        # and after rebalances) and partitions not yet positioned.
+        durable, positioned = self.durable, self.positioned
+        wanted = [
+            m
+            for m in messages
+            if m.partition in positioned and m.offset >= durable.get(m.partition, 0)
+        ]
+        if len(wanted) < len(messages):
+            self.metrics.skipped.inc(len(messages) - len(wanted))
+            messages = wanted
             if not messages:
                 return None
         messages = await self._fill_holes(messages)
@@ -150,7 +161,10 @@ class Processor:
         if loaded:
             log.info("dedup state recovered", extra={"keys": loaded, "total": len(self._dedup)})
         now_us = int(self._clock() * 1_000_000)
-        plan = plan_batch(messages, self._limits, now_us, self._watermarks, self._dedup.seen)
+        # In a thread: the batch in flight keeps talking to PostgreSQL meanwhile.
+        plan = await asyncio.to_thread(
+            plan_batch, messages, self._limits, now_us, dict(self._watermarks), self._dedup.seen
+        )
         seeks = self.guard.check(plan, first_offsets)
         self.metrics.offset_gaps.inc(len(seeks))
         self.guard.advance(plan)
@@ -252,3 +266,7 @@ class Processor:
             m.durable_offset.set(self.durable[p], partition=str(p))
             if (wm := self._durable_watermarks.get(p)) is not None:
                 m.watermark.set(wm / 1e6, partition=str(p))
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)

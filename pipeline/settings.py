@@ -67,6 +67,8 @@ class Settings:
     batch_max: int = 2000
     batch_seconds: float = 0.5
     batch_bytes: int = 4 * 1024 * 1024
+    # Messages fetched ahead of the agent; memory grows by this times the average message size.
+    buffer_messages: int = 16_384
     # Event time: an hour is complete once every active partition's watermark
     # passed hour end + grace; a partition idle this long stops holding it back.
     completeness_grace_seconds: int = 300
@@ -132,6 +134,7 @@ class Settings:
             batch_max=_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
             batch_seconds=_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
             batch_bytes=_int(e, "SINK_BATCH_BYTES", d.batch_bytes, minimum=1),
+            buffer_messages=_int(e, "WORKER_BUFFER_MESSAGES", d.buffer_messages, minimum=1),
             completeness_grace_seconds=_int(
                 e, "COMPLETENESS_GRACE_SECONDS", d.completeness_grace_seconds, minimum=0
             ),

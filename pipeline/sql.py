@@ -54,7 +54,7 @@ WITH ins AS (
     INSERT INTO raw_events (dedup_key, event_name, channel, user_id, occurred_at, payload,
                             source_topic, source_partition, source_offset, ingestion_job_id,
                             late)
-    SELECT k, n, c, u, {_TS.format("t")}, convert_from(p, 'UTF8')::jsonb, $1, sp, so, j, la
+    SELECT k, n, c, u, {_TS.format("t")}, convert_from(p, 'UTF8')::json, $1, sp, so, j, la
     FROM stage_events
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING dedup_key, event_name, channel, user_id, occurred_at, late, ingestion_job_id
@@ -100,7 +100,7 @@ WITH ins AS (
                                   latency_ms, payload, source_topic, source_partition,
                                   source_offset, late)
     SELECT k, et, {_TS.format("t")}, tn, ws, pr, ag, wf, rn, st, cu, lm,
-           convert_from(p, 'UTF8')::jsonb, $1, sp, so, la
+           convert_from(p, 'UTF8')::json, $1, sp, so, la
     FROM stage_agent_events
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING event_type, occurred_at, tenant_id, workspace_id, project_id, agent_id,
