@@ -66,6 +66,7 @@ class Result:
     worker_peak_mb: float | None = None  # the largest worker's peak resident memory
     worker_cpu_us_per_event: float | None = None  # all workers together
     postgres_cpu_us_per_event: float | None = None
+    cores_busy: float | None = None  # workers, PostgreSQL, broker and the load generator
     runs: int = 1
     events_per_s_all: list[float] | None = None  # every run, for the spread
 
@@ -87,7 +88,7 @@ def run_bench(
         data_dir=str(BENCH_DIR / "worker"),
         log_level="WARNING",
     )
-    pg = _PostgresCpu(info.postgres_pid)
+    pg = _StackCpu(info.postgres_pid, info.broker_pid)
     scenarios: list[tuple[str, Callable[[], Coroutine[Any, Any, Result]]]] = [
         (
             "faust worker, single-event messages",
@@ -158,11 +159,17 @@ def _median_gateway(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class _PostgresCpu:
-    """CPU seconds used by the embedded PostgreSQL server, its exited backends included."""
+class _StackCpu:
+    """CPU seconds of the stack: PostgreSQL (exited backends included), the broker, this process."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, broker_pid: int | None = None) -> None:
         self._proc = psutil.Process(pid) if pid else None
+        self._broker = broker_pid
+
+    def others(self) -> float:
+        """CPU seconds of the rest of the box's load: the broker and this process."""
+        own = psutil.Process().cpu_times()
+        return float(own.user + own.system) + _cpu_seconds([self._broker] if self._broker else [])
 
     def seconds(self) -> float | None:
         if self._proc is None:
@@ -241,7 +248,7 @@ async def _fresh(base: Settings, name: str) -> Settings:
 
 
 async def _faust_scenario(
-    base: Settings, pg: _PostgresCpu, title: str, envelope: int, count: int, workers: int = 1
+    base: Settings, pg: _StackCpu, title: str, envelope: int, count: int, workers: int = 1
 ) -> Result:
     s = await _fresh(base, f"e{envelope}w{workers}")
     procs = [start_worker(s, BENCH_DIR / f"worker-{s.app_id}-{i}.log") for i in range(workers)]
@@ -253,14 +260,15 @@ async def _faust_scenario(
                 LoadOptions(count=count, envelope_size=envelope), pub.partitions
             )
             pids = [p.pid for p in procs]
-            cpu0, pg0 = _cpu_seconds(pids), pg.seconds()
+            cpu0, pg0, rest0 = _cpu_seconds(pids), pg.seconds(), pg.others()
             started = time.monotonic()
             receipt = await publish_workload(pub, workload, progress=False)
             await wait_until_processed(
                 s.require_database_url(), s.events_topic, receipt.end_offsets, 900
             )
             elapsed = time.monotonic() - started
-            cpu1, pg1 = _cpu_seconds(pids), pg.seconds()
+            cpu1, pg1, rest1 = _cpu_seconds(pids), pg.seconds(), pg.others()
+            busy = (cpu1 - cpu0) + (rest1 - rest0) + ((pg1 - pg0) if pg0 and pg1 else 0)
             rate = count / elapsed
             if workers == 1:
                 _say(f"   {rate:,.0f} events/s; latency at {rate / 2:,.0f} events/s ...")
@@ -282,6 +290,7 @@ async def _faust_scenario(
         worker_peak_mb=max(peaks) if peaks else None,
         worker_cpu_us_per_event=_per_event_us(cpu0, cpu1, count),
         postgres_cpu_us_per_event=_per_event_us(pg0, pg1, count),
+        cores_busy=round(busy / elapsed, 2),
     )
 
 
@@ -393,7 +402,7 @@ ON CONFLICT (hour, channel, event_name) DO UPDATE SET
 """
 
 
-async def _naive_scenario(base: Settings, pg: _PostgresCpu, count: int) -> Result:
+async def _naive_scenario(base: Settings, pg: _StackCpu, count: int) -> Result:
     """The baseline: consume, then one INSERT (and one rollup upsert) per event."""
     s = await _fresh(base, "naive")
     count = min(count, 20_000)  # at ~2,000 events/s, more only makes the run longer
@@ -505,6 +514,7 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool, runs:
         "worker MB",
         "worker µs/ev",
         "PG µs/ev",
+        "cores busy",
     ]
     rows = [
         [
@@ -518,6 +528,7 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool, runs:
             _dash(r.worker_peak_mb),
             _dash(r.worker_cpu_us_per_event),
             _dash(r.postgres_cpu_us_per_event),
+            _dash(r.cores_busy),
         ]
         for r in results
     ]

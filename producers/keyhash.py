@@ -1,9 +1,12 @@
-"""Kafka's default partitioner (murmur2 of the key), about twice as fast as aiokafka's.
+"""Kafka's default partitioner (murmur2 of the key), much faster than aiokafka's.
 
-Same results as ``aiokafka.partitioner.murmur2`` (the unit tests compare them
-on many keys): the 4-byte words come from one ``memoryview`` cast instead of
-four indexings and masks each, and fewer masks are applied. A bulk request
-hashes up to 1,000 keys and the publisher one per event, so this is on both hot paths. Pure: no I/O.
+A bulk request hashes up to 1,000 keys and the publisher one per event, so this
+is on both hot paths. Kafka's murmur2 is MurmurHash2 with seed 0x9747B28C: the
+``murmurhash2`` C extension computes it in ~0.2 µs where aiokafka's pure Python
+takes ~5 µs. Where that wheel is not installed (it is only required on x86_64),
+:func:`py_murmur2` does it in Python, about twice as fast as aiokafka's: the
+4-byte words come from one ``memoryview`` cast and fewer masks are applied.
+The unit tests compare both with ``aiokafka.partitioner.murmur2``. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import struct
 import sys
 from collections.abc import Iterable
 
-__all__ = ["murmur2", "partition_for"]
+__all__ = ["murmur2", "partition_for", "py_murmur2"]
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -27,7 +30,7 @@ def _words(data: bytes) -> Iterable[int]:
     return (k for (k,) in struct.iter_unpack("<I", data))
 
 
-def murmur2(data: bytes) -> int:
+def py_murmur2(data: bytes) -> int:
     length = len(data)
     h = _SEED ^ length
     whole = length & ~3
@@ -45,6 +48,16 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 13
     h = (h * m) & mask
     return h ^ (h >> 15)
+
+
+try:
+    from murmurhash2 import murmurhash2 as _c_murmurhash2
+except ImportError:  # pragma: no cover - platforms without the wheel
+    murmur2 = py_murmur2
+else:
+
+    def murmur2(data: bytes) -> int:
+        return int(_c_murmurhash2(data, _SEED))
 
 
 def partition_for(key: bytes, partitions: int) -> int:
