@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     d.set_defaults(run=_demo)
     b = sub.add_parser("bench", help="throughput and latency benchmark")
-    b.add_argument("--count", type=int, default=60_000, help="events per run")
+    b.add_argument("--count", type=int, default=200_000, help="events per run")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians")
     b.add_argument(

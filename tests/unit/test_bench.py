@@ -1,0 +1,48 @@
+"""The benchmark's pure helpers: medians over runs, per-event CPU, peak memory."""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.bench import Result, _median, _median_gateway, _peak_rss_mb, _per_event_us
+
+
+def test_median_of_runs_takes_each_figure_on_its_own() -> None:
+    runs = [
+        Result("s", 100, 2.0, 50, latency_p99_ms=900.0, worker_peak_mb=200.0),
+        Result("s", 100, 1.0, 100, latency_p99_ms=1500.0, worker_peak_mb=180.0),
+        Result("s", 100, 4.0, 25, latency_p99_ms=1000.0, worker_peak_mb=210.0),
+    ]
+    m = _median(runs)
+    assert (m.events_per_s, m.seconds, m.latency_p99_ms, m.worker_peak_mb) == (
+        50,
+        2.0,
+        1000.0,
+        200.0,
+    )
+    assert m.runs == 3 and m.events_per_s_all == [50, 100, 25]
+    assert m.latency_p50_ms is None  # no run measured it
+
+
+def test_median_gateway_skips_missing_figures() -> None:
+    runs = [
+        {"single": {"requests_per_s": 10, "p99_ms": 5}, "bulk": {"events_per_s": 100}},
+        {"single": {"requests_per_s": 30, "p99_ms": None}, "bulk": {"events_per_s": 300}},
+        {"single": {"requests_per_s": 20, "p99_ms": 7}, "bulk": {"events_per_s": 200}},
+    ]
+    assert _median_gateway(runs) == {
+        "single": {"requests_per_s": 20, "p99_ms": 6.0},
+        "bulk": {"events_per_s": 200},
+    }
+
+
+def test_cpu_per_event_in_microseconds() -> None:
+    assert _per_event_us(1.0, 1.5, 50_000) == 10.0
+    assert _per_event_us(None, 1.5, 50_000) is None
+    assert _per_event_us(1.0, 1.5, 0) is None
+
+
+def test_peak_memory_of_a_live_process() -> None:
+    peak = _peak_rss_mb(os.getpid())
+    assert peak is not None and peak > 1
+    assert _peak_rss_mb(2**22 + 12345) is None  # no such process

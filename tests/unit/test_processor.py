@@ -1,0 +1,90 @@
+"""Processor state around the write-behind: planned vs durable offsets, Kafka commit caps."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+from pipeline.batch import RawMessage
+from pipeline.dedup_state import DedupState
+from pipeline.processor import Processor
+from pipeline.settings import Settings
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
+        pass
+
+
+async def _no_dead(*_: Any) -> None:
+    pass
+
+
+def processor() -> Processor:
+    sink: Any = None  # prepare() and the state around it never touch the sink
+    return Processor(Settings(), sink, DedupState(FakeTable(), 1000), _no_dead)
+
+
+def messages(partition: int, offsets: range) -> list[RawMessage]:
+    return [
+        RawMessage(
+            "events",
+            partition,
+            o,
+            orjson.dumps({"event_name": "v", "channel": "web", "user_id": f"u{o}", "timestamp": o}),
+        )
+        for o in offsets
+    ]
+
+
+def test_kafka_commits_are_capped_at_the_durable_offsets() -> None:
+    p = processor()
+    p.on_assigned([0, 1], {0: (100, None)})
+    offsets = {TP("events", 0): 250, TP("events", 1): 7, TP("events", 2): 9, TP("other", 0): 5}
+    # partition 1 starts from 0 (no record); partition 2 is not ours: nothing committed for it
+    assert p.cap_commits("events", offsets) == {
+        TP("events", 0): 100,
+        TP("events", 1): 0,
+        TP("other", 0): 5,
+    }
+
+
+async def test_offsets_already_durable_are_skipped() -> None:
+    p = processor()
+    p.on_assigned([0], {0: (5, None)})
+    prepared = await p.prepare(messages(0, range(0, 8)))
+    assert prepared is not None
+    assert prepared.plan.offsets[0] == {5, 6, 7}
+    assert p.metrics.skipped.value == 5
+
+
+async def test_a_kept_partition_resumes_where_planned_but_durable_stays_true() -> None:
+    p = processor()
+    p.on_assigned([0], {0: (0, None)})
+    prepared = await p.prepare(messages(0, range(0, 10)))
+    assert prepared is not None
+    # Faust seeks again before the planned batch committed: continue after it...
+    assert p.on_assigned([0], {0: (0, None)}) == {0: 10}
+    # ...while Kafka commits and the durable offset stay at what PostgreSQL holds.
+    assert p.durable[0] == 0
+    assert p.cap_commits("events", {TP("events", 0): 10}) == {TP("events", 0): 0}
+
+
+async def test_a_discarded_batch_rolls_the_plan_back_so_its_offsets_are_read_again() -> None:
+    p = processor()
+    p.on_assigned([0], {0: (0, None)})
+    first = await p.prepare(messages(0, range(0, 10)))
+    assert first is not None
+    p.discard(first)
+    # The next batch starts after the discarded one: its offsets are a hole to refetch.
+    assert p.guard.holes({0: range(10, 20)}) == {0: list(range(10))}
+    assert p.on_assigned([0], {0: (0, None)}) == {0: 0}
