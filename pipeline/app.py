@@ -7,6 +7,7 @@ calls is Faust-free and tested on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -128,12 +129,57 @@ class WriteBehind:
         return True
 
 
+class Intake:
+    """Plans and writes the agent's takes in order, in a task of its own.
+
+    The agent hands a take over and goes back to ``take_events`` at once, so
+    Faust fills the next take while this one is planned and written; at most
+    one take waits here (backpressure). Takes are acked when handed over, before
+    they are durable: Kafka commits are capped at the durable offsets, and a
+    take dropped by a stop or a revocation is read again from them.
+    """
+
+    def __init__(self, app: PipelineApp, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._queue: asyncio.Queue[list[RawMessage]] = asyncio.Queue(maxsize=1)
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, messages: list[RawMessage]) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        await self._queue.put(messages)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        app, s = self._app, self._settings
+        try:
+            while True:
+                messages = await self._queue.get()
+                for chunk in split_by_bytes(messages, s.batch_bytes):
+                    prepared = await app.processor.prepare(chunk)
+                    if prepared is not None:
+                        abandon = _abandon_check(app, set(prepared.plan.progress), s.events_topic)
+                        await app.write_behind.submit(prepared, abandon)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: stop here, a supervisor restarts the worker
+            log.exception("batch intake failed")
+            _die(exc)
+
+
 class PipelineApp(faust.App):
     """A Faust app whose partitions resume at the offsets PostgreSQL holds."""
 
     runtime: Runtime
     processor: Processor
     write_behind: WriteBehind
+    intake: Intake
 
     def _new_consumer(self) -> Any:
         consumer: Any = super()._new_consumer()
@@ -216,6 +262,7 @@ class PipelineApp(faust.App):
 
     async def on_stop(self) -> None:
         # The batch in flight first: Faust's last commit then covers it.
+        await self.intake.stop()
         await self.write_behind.wait(timeout=30.0)
         await super().on_stop()
         await self.runtime.close()
@@ -283,6 +330,7 @@ def create_app(settings: Settings) -> PipelineApp:
     )
 
     app.write_behind = WriteBehind(app.processor)
+    app.intake = Intake(app, settings)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: PipelineApp, revoked: set[TP], **_: Any) -> None:
@@ -303,15 +351,12 @@ def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> No
     @app.agent(topic, name="process-events")  # type: ignore[arg-type]
     async def process_events(stream: faust.Stream[bytes]) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
-            messages = [
-                RawMessage(name, e.message.partition, e.message.offset, e.message.value)
-                for e in events
-            ]
-            for chunk in split_by_bytes(messages, settings.batch_bytes):
-                prepared = await app.processor.prepare(chunk)
-                if prepared is not None:
-                    abandon = _abandon_check(app, set(prepared.plan.progress), name)
-                    await app.write_behind.submit(prepared, abandon)
+            await app.intake.put(
+                [
+                    RawMessage(name, e.message.partition, e.message.offset, e.message.value)
+                    for e in events
+                ]
+            )
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

@@ -165,6 +165,10 @@ class Processor:
         plan = await asyncio.to_thread(
             plan_batch, messages, self._limits, now_us, dict(self._watermarks), self._dedup.seen
         )
+        if not set(plan.progress) <= self.positioned:
+            # Revoked while it was planned: its new owner reads it; nothing moved yet.
+            self.metrics.skipped.inc(len(messages))
+            return None
         seeks = self.guard.check(plan, first_offsets)
         self.metrics.offset_gaps.inc(len(seeks))
         self.guard.advance(plan)
