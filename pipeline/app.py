@@ -1,7 +1,8 @@
 """The Faust app factory: topics, the dedup table, durable-offset seeks, the agent.
 
-The data flow itself is in :func:`_wire_agent` (about 30 lines); everything it
-calls is Faust-free and tested on its own.
+The data flow: the agent (:func:`_wire_agent`) hands each take to
+:class:`Intake`, which plans it and passes it to :class:`WriteBehind` to commit;
+the planning and the sink they call are Faust-free and tested on their own.
 """
 
 from __future__ import annotations

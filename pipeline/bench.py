@@ -20,6 +20,7 @@ the median of each figure:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import statistics
 import sys
@@ -178,7 +179,7 @@ class _StackCpu:
             t = self._proc.cpu_times()
             total = float(t.user + t.system + t.children_user + t.children_system)
             for child in self._proc.children():
-                with _suppress_gone():
+                with contextlib.suppress(psutil.Error):
                     c = child.cpu_times()
                     total += c.user + c.system
             return total
@@ -186,18 +187,10 @@ class _StackCpu:
             return None
 
 
-class _suppress_gone:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, psutil.Error)
-
-
 def _cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        with _suppress_gone():
+        with contextlib.suppress(psutil.Error):
             t = psutil.Process(pid).cpu_times()
             total += t.user + t.system
     return total

@@ -119,19 +119,6 @@ class Processor:
             self.durable.pop(p, None)
             self.progressed_at.pop(p, None)
 
-    async def handle(
-        self, messages: Sequence[RawMessage], abandon: Callable[[], bool]
-    ) -> dict[int, int]:
-        """Make the batch durable; return ``{partition: offset}`` seeks to re-read gaps.
-
-        Raises ``sink.Abandoned`` when ``abandon()`` turned true before the commit.
-        """
-        prepared = await self.prepare(messages)
-        if prepared is None:
-            return {}
-        await self.commit(prepared, abandon)
-        return prepared.seeks
-
     async def prepare(self, messages: Sequence[RawMessage]) -> Prepared | None:
         """Plan a batch: pure work, which may run while the previous batch commits.
 
