@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 
+PAUSE_EVERY = 128  # events between two calls of plan_batch's ``pause`` (~1 ms of work)
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     topic: str
@@ -74,6 +77,7 @@ def plan_batch(
     now_us: int,
     watermarks: Mapping[int, int | None],
     seen: Callable[[str], bool] = lambda _key: False,
+    pause: Callable[[], object] | None = None,
 ) -> BatchPlan:
     """Plan the writes for ``messages`` (all from one topic).
 
@@ -82,15 +86,21 @@ def plan_batch(
     of the valid events before it in its partition (duplicates included), so
     the flag depends only on partition order, never on batching, crashes or
     what the dedup state remembers. ``seen`` answers whether a dedup key is
-    known to be stored already.
+    known to be stored already. ``pause`` (if given) is called every
+    ``PAUSE_EVERY`` events: the worker plans in a thread and passes a GIL
+    hand-off there.
     """
     plan = BatchPlan(topic=messages[0].topic if messages else "")
     candidates: list[Event] = []
     offsets = plan.offsets
+    items = 0
     for msg in messages:
         _track_offset(plan, msg, watermarks)
         offsets.setdefault(msg.partition, set()).add(msg.offset)
         for index, item, raw in decode_message(msg.value, limits.max_message_bytes):
+            items += 1
+            if pause is not None and not items % PAUSE_EVERY:
+                pause()
             source = Source(msg.topic, msg.partition, msg.offset, index)
             result = item if isinstance(item, Invalid) else validate_event(item, raw, source)
             if not isinstance(result, Invalid):

@@ -150,7 +150,13 @@ class Processor:
         now_us = int(self._clock() * 1_000_000)
         # In a thread: the batch in flight keeps talking to PostgreSQL meanwhile.
         plan = await asyncio.to_thread(
-            plan_batch, messages, self._limits, now_us, dict(self._watermarks), self._dedup.seen
+            plan_batch,
+            messages,
+            self._limits,
+            now_us,
+            dict(self._watermarks),
+            self._dedup.seen,
+            _hand_over_gil,
         )
         if not set(plan.progress) <= self.positioned:
             # Revoked while it was planned: its new owner reads it; nothing moved yet.
@@ -257,6 +263,18 @@ class Processor:
             m.durable_offset.set(self.durable[p], partition=str(p))
             if (wm := self._durable_watermarks.get(p)) is not None:
                 m.watermark.set(wm / 1e6, partition=str(p))
+
+
+def _hand_over_gil() -> None:
+    """Let the event loop thread run now if it waits for the GIL (plan_batch's pause).
+
+    The loop releases the GIL for every socket read, write and poll; while this
+    thread plans, it then waited up to the 5 ms switch interval to get it back,
+    so the batch committing meanwhile crawled (GIL convoy). ``sleep(0)``
+    releases the GIL at once. Drain of 400k events in envelopes: 29.5k → 37-39k
+    events/s.
+    """
+    time.sleep(0)
 
 
 def _later(a: int | None, b: int | None) -> int | None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.batch import (
+    PAUSE_EVERY,
     BatchPlan,
     Limits,
     PartitionProgress,
@@ -508,6 +509,18 @@ def test_plan_does_not_mutate_its_inputs() -> None:
     plan_batch(messages, Limits(), NOW, watermarks)
     assert watermarks == {0: 5}
     assert messages == [msg(0, product())]
+
+
+def test_pause_is_called_every_pause_every_events_and_changes_nothing() -> None:
+    # Envelopes count by event, not by message: 3 envelopes of 100 = 300 events.
+    envelopes = [
+        msg(i, [product(user_id=f"u{i}-{j}", event_id=f"e{i}-{j}") for j in range(100)])
+        for i in range(3)
+    ]
+    calls: list[int] = []
+    paused = plan_batch(envelopes, Limits(), NOW, {}, pause=lambda: calls.append(1))
+    assert len(calls) == 300 // PAUSE_EVERY
+    assert paused == plan_batch(envelopes, Limits(), NOW, {})
 
 
 class TestSplitByBytes:
