@@ -172,20 +172,25 @@ class Processor:
         return Prepared(plan, first_offsets, len(messages), seeks)
 
     async def commit(self, prepared: Prepared, abandon: Callable[[], bool]) -> None:
-        """Dead letters to the DLQ topic, then the one sink transaction, then the state.
+        """Dead letters to the DLQ topic and the one sink transaction, then the state.
 
-        Raises ``sink.Abandoned`` when ``abandon()`` turned true before the commit.
+        The DLQ publish runs while the transaction is written; the transaction
+        commits only once the broker has acknowledged every dead letter, so no
+        offset becomes durable before its dead letters are. Raises
+        ``sink.Abandoned`` when ``abandon()`` turned true before the commit.
         """
         plan = prepared.plan
         started = time.monotonic()
+        dlq = asyncio.ensure_future(self._publish_dead(plan.dead, abandon)) if plan.dead else None
         try:
-            if plan.dead:
-                await self._publish_dead(plan.dead, abandon)
-            result = await self._sink.write(plan, abandon)
+            result = await self._sink.write(plan, abandon, before_commit=dlq)
         except Abandoned:
             self.metrics.abandoned.inc()
             self.discard(prepared)
             raise
+        finally:
+            if dlq is not None and not dlq.done():
+                dlq.cancel()
         self.metrics.sink_seconds.observe(time.monotonic() - started)
         self._after_commit(plan, result, prepared.first_offsets, prepared.messages)
 

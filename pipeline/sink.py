@@ -77,8 +77,16 @@ class Sink:
         self.retrying = False  # true while a batch waits out a database failure
 
     async def write(
-        self, plan: BatchPlan, abandon: Callable[[], bool] = lambda: False
+        self,
+        plan: BatchPlan,
+        abandon: Callable[[], bool] = lambda: False,
+        before_commit: asyncio.Future[None] | None = None,
     ) -> WriteResult:
+        """Write ``plan`` in one transaction; ``before_commit`` is awaited before it commits.
+
+        ``before_commit`` (a task: it may be awaited again by a retry) runs
+        alongside the writes; its failure rolls the transaction back.
+        """
         delay = 0.05
         attempt = 0
         while True:
@@ -89,7 +97,7 @@ class Sink:
                 self.retrying = False
                 raise Abandoned()
             try:
-                result = await self._write_once(plan, attempt)
+                result = await self._write_once(plan, attempt, before_commit)
                 self.retrying = False
                 return result
             except TRANSIENT_ERRORS as exc:
@@ -104,7 +112,9 @@ class Sink:
             await _sleep_unless(abandon, delay)
             delay = min(delay * 2, self._retry_max)
 
-    async def _write_once(self, plan: BatchPlan, attempt: int) -> WriteResult:
+    async def _write_once(
+        self, plan: BatchPlan, attempt: int, before_commit: asyncio.Future[None] | None
+    ) -> WriteResult:
         pool = await self._pool()
         async with pool.acquire() as conn, conn.transaction():
             if plan.products or plan.agents:
@@ -114,6 +124,8 @@ class Sink:
             await _insert_dead_letters(conn, plan)
             await _add_job_outcomes(conn, plan, job_keys)
             await _advance_progress(conn, plan)
+            if before_commit is not None:
+                await before_commit
         stored = stored_products + stored_agents
         return WriteResult(
             stored=stored,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from pipeline import sql
 from pipeline.batch import Limits, RawMessage, plan_batch
 from pipeline.maintenance import apply_retention, rebuild_rollups, reset_offsets
 from pipeline.reconcile import reconcile
-from pipeline.sink import Sink, load_progress
+from pipeline.sink import Abandoned, Sink, load_progress
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +67,33 @@ async def test_a_replayed_batch_adds_nothing(pool: asyncpg.Pool, database: str) 
     assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 11
     report = await reconcile(database)
     assert report.consistent
+
+
+async def test_the_commit_waits_for_before_commit_and_rolls_back_when_it_fails(
+    pool: asyncpg.Pool,
+) -> None:
+    # The worker passes its DLQ publish here: no offset may become durable first.
+    sink = _sink(pool)
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+    plan = plan_batch(
+        [_msg(0, _event(0)), RawMessage("events", 0, 1, b"{bad")], Limits(), NOW_US, {}
+    )
+    writing = asyncio.create_task(sink.write(plan, before_commit=gate))
+    await asyncio.sleep(0.3)
+    assert not writing.done()
+    assert await pool.fetchval("SELECT count(*) FROM partition_progress") == 0
+    gate.set_result(None)
+    assert (await writing).stored == 1
+    assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 2
+
+    failed: asyncio.Future[None] = loop.create_future()
+    failed.set_exception(Abandoned())
+    later = plan_batch([_msg(2, _event(2))], Limits(), NOW_US, {})
+    with pytest.raises(Abandoned):
+        await sink.write(later, before_commit=failed)
+    assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 2
+    assert await pool.fetchval("SELECT count(*) FROM raw_events") == 1
 
 
 async def test_offsets_and_watermarks_never_move_back(pool: asyncpg.Pool) -> None:

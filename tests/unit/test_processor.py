@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, NamedTuple
 
 import orjson
+import pytest
 
 from pipeline.batch import RawMessage
 from pipeline.dedup_state import DedupState
 from pipeline.processor import Processor
 from pipeline.settings import Settings
+from pipeline.sink import Abandoned, WriteResult
 
 
 class TP(NamedTuple):
@@ -88,3 +91,63 @@ async def test_a_discarded_batch_rolls_the_plan_back_so_its_offsets_are_read_aga
     # The next batch starts after the discarded one: its offsets are a hole to refetch.
     assert p.guard.holes({0: range(10, 20)}) == {0: list(range(10))}
     assert p.on_assigned([0], {0: (0, None)}) == {0: 0}
+
+
+class RecordingSink:
+    """Stands in for PostgreSQL: records what commit() hands over, optionally gives up."""
+
+    def __init__(self, give_up: bool = False) -> None:
+        self.give_up = give_up
+        self.dlq_done_at_commit: bool | None = None
+
+    async def write(self, plan: Any, abandon: Any, before_commit: Any = None) -> Any:
+        await asyncio.sleep(0)
+        if self.give_up:
+            raise Abandoned()
+        await before_commit
+        self.dlq_done_at_commit = before_commit.done()
+        return WriteResult(len(plan.products), 0, len(plan.dead), 1)
+
+
+def _with_dead(sink: Any, publish: Any) -> Processor:
+    p = Processor(Settings(), sink, DedupState(FakeTable(), 1000), publish)
+    p.on_assigned([0], {0: (0, None)})
+    return p
+
+
+async def test_dead_letters_are_published_alongside_the_transaction_and_before_commit() -> None:
+    published: list[int] = []
+
+    async def publish(dead: Any, _abandon: Any) -> None:
+        await asyncio.sleep(0.05)
+        published.append(len(dead))
+
+    sink = RecordingSink()
+    p = _with_dead(sink, publish)
+    prepared = await p.prepare([*messages(0, range(0, 3)), RawMessage("events", 0, 3, b"{bad")])
+    assert prepared is not None
+    await p.commit(prepared, lambda: False)
+    assert published == [1]
+    assert sink.dlq_done_at_commit is True
+    assert p.durable[0] == 4
+
+
+async def test_a_given_up_batch_cancels_its_dead_letter_publish() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def publish(_dead: Any, _abandon: Any) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    p = _with_dead(RecordingSink(give_up=True), publish)
+    prepared = await p.prepare([RawMessage("events", 0, 0, b"{bad")])
+    assert prepared is not None
+    with pytest.raises(Abandoned):
+        await p.commit(prepared, lambda: True)
+    await asyncio.wait_for(cancelled.wait(), 1)
+    assert started.is_set()
+    assert p.durable[0] == 0
