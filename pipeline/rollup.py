@@ -1,9 +1,10 @@
 """The hourly rollups of a set of events, in Python: the reference model.
 
 The sink computes these partial sums inside PostgreSQL, from the rows its
-INSERT really inserted (``sql.INSERT_EVENTS``, ``sql.INSERT_AGENT_EVENTS``), in
-the same statement. This module states the same arithmetic plainly; the tests
-check the generator's expected rollups and the SQL against it. Pure: no I/O.
+INSERT really inserted (``sql.INSERT_EVENTS`` keeps them, ``sql.ADD_EVENT_ROLLUPS``
+and ``sql.ADD_AGENT_ROLLUPS`` add them), in the same transaction. This module
+states the same arithmetic plainly; the tests check the generator's expected
+rollups and the SQL against it. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The PostgreSQL sink: one transaction per batch, an exactly-once effect.
 
 In ONE transaction: COPY the batch's events into staging tables, insert them
-into the raw tables ``ON CONFLICT DO NOTHING``, aggregate only the rows really
-inserted (``RETURNING``) and add those partial sums to the rollups (one
-statement per event kind, ``sql.INSERT_EVENTS``), store the dead letters, and
-move the per-partition next offset and watermark forward. A replayed batch
-inserts nothing new and so adds nothing.
+into the raw tables ``ON CONFLICT DO NOTHING`` and keep the rows really
+inserted (``RETURNING``, ``sql.INSERT_EVENTS``), store the dead letters, move
+the per-partition next offset and watermark forward, and last add the kept
+rows to the rollups and user sets (``sql.ADD_EVENT_ROLLUPS``), rows every
+worker writes, so their locks are held only for the transaction's tail. A
+replayed batch inserts nothing new and so adds nothing.
 
 Transient failures (connection lost, database restarting, deadlock) are retried
 here with backoff, forever, unless the caller says to abandon the batch (its
@@ -122,10 +123,15 @@ class Sink:
             stored_products, job_keys = await _insert_products(conn, plan.topic, plan.products)
             stored_agents = await _insert_agents(conn, plan.topic, plan.agents)
             await _insert_dead_letters(conn, plan)
-            await _add_job_outcomes(conn, plan, job_keys)
             await _advance_progress(conn, plan)
             if before_commit is not None:
                 await before_commit
+            # Rows other workers write too, last: their locks are held until COMMIT.
+            if stored_products:
+                await conn.execute(sql.ADD_EVENT_ROLLUPS)
+            if stored_agents:
+                await conn.execute(sql.ADD_AGENT_ROLLUPS)
+            await _add_job_outcomes(conn, plan, job_keys)
         stored = stored_products + stored_agents
         return WriteResult(
             stored=stored,
@@ -146,7 +152,7 @@ async def _sleep_unless(abandon: Callable[[], bool], delay: float) -> None:
 async def _insert_products(
     conn: asyncpg.Connection, topic: str, events: Sequence[ProductEvent]
 ) -> tuple[int, set[str]]:
-    """Stage, insert the new ones, add them to the rollups: (how many new, new job keys)."""
+    """Stage, insert and keep the new ones: (how many new, new job keys)."""
     if not events:
         return 0, set()
     table, columns = sql.STAGE_EVENTS
@@ -174,7 +180,7 @@ async def _insert_products(
 
 
 async def _insert_agents(conn: asyncpg.Connection, topic: str, events: Sequence[AgentEvent]) -> int:
-    """Stage, insert the new ones, add them to the rollups: how many were new."""
+    """Stage, insert and keep the new ones: how many were new."""
     if not events:
         return 0
     table, columns = sql.STAGE_AGENT_EVENTS

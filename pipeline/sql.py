@@ -9,6 +9,8 @@ timestamptz here.
 from __future__ import annotations
 
 __all__ = [
+    "ADD_AGENT_ROLLUPS",
+    "ADD_EVENT_ROLLUPS",
     "ADD_JOB_OUTCOMES",
     "CREATE_STAGING",
     "INSERT_AGENT_EVENTS",
@@ -24,10 +26,15 @@ __all__ = [
 _TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
 # Each batch's events are COPYed (binary) into per-session staging tables, then
-# ONE statement per event kind inserts the new ones into the raw table and adds
-# exactly those to the rollups: the rollup rows come from the INSERT's RETURNING,
-# so a replayed batch inserts nothing and adds nothing. TEMP tables are unlogged
-# and private to the session; ON COMMIT DELETE ROWS empties them.
+# one statement per event kind inserts the new ones into the raw table and keeps
+# exactly those (the INSERT's RETURNING) in a second temp table; the rollups are
+# added from that at the END of the transaction. A replayed batch inserts
+# nothing and so adds nothing. TEMP tables are unlogged and private to the
+# session; ON COMMIT DELETE ROWS empties them.
+#
+# Why at the end: rollup rows and user-set keys are shared by all workers, and
+# a transaction holds their locks until it commits. Written last, right before
+# COMMIT, two workers' transactions wait on each other only for that short tail.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
     k text, n text, c text, u text, t int8, p bytea, sp int4, so int8, j uuid, la bool
@@ -35,6 +42,14 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
 CREATE TEMP TABLE IF NOT EXISTS stage_agent_events (
     k text, et text, t int8, tn text, ws text, pr text, ag text, wf text, rn text, st text,
     cu float8, lm float8, p bytea, sp int4, so int8, la bool
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fresh_events (
+    hour timestamptz, channel text, event_name text, user_id text, occurred_at timestamptz,
+    late bool
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fresh_agent_events (
+    hour timestamptz, event_type text, tenant_id text, workspace_id text, project_id text,
+    agent_id text, workflow_id text, cost_usd float8, latency_ms float8, late bool
 ) ON COMMIT DELETE ROWS
 """
 STAGE_EVENTS = ("stage_events", ("k", "n", "c", "u", "t", "p", "sp", "so", "j", "la"))
@@ -47,7 +62,6 @@ _UTC_HOUR = "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'U
 
 # Raw inserts need no ORDER BY: all copies of a key share a partition, so two
 # workers never insert the same key (and a rare clash is retried as a deadlock).
-# Rollup rows are locked in key order (ORDER BY), the same in every worker.
 # Returns how many rows were new, and the dedup keys of new ingestion-job events.
 INSERT_EVENTS = f"""
 WITH ins AS (
@@ -58,11 +72,21 @@ WITH ins AS (
     FROM stage_events
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING dedup_key, event_name, channel, user_id, occurred_at, late, ingestion_job_id
-), fresh AS (
-    SELECT {_UTC_HOUR} AS hour, channel, event_name, user_id, occurred_at, late FROM ins
-), users AS (  -- the per-hour user sets: a user counts once per rollup row, ever
+), kept AS (
+    INSERT INTO fresh_events (hour, channel, event_name, user_id, occurred_at, late)
+    SELECT {_UTC_HOUR}, channel, event_name, user_id, occurred_at, late FROM ins
+)
+SELECT count(*) AS stored,
+       array_agg(dedup_key) FILTER (WHERE ingestion_job_id IS NOT NULL) AS job_keys
+FROM ins
+"""
+
+# The rows just inserted (fresh_events) into the rollups. Rollup rows and user-set
+# keys are locked in key order (ORDER BY), the same in every worker.
+ADD_EVENT_ROLLUPS = """
+WITH users AS (  -- the per-hour user sets: a user counts once per rollup row, ever
     INSERT INTO rollup_channel_users (hour, channel, event_name, user_id)
-    SELECT DISTINCT hour, channel, event_name, user_id FROM fresh ORDER BY 1, 2, 3, 4
+    SELECT DISTINCT hour, channel, event_name, user_id FROM fresh_events ORDER BY 1, 2, 3, 4
     ON CONFLICT DO NOTHING
     RETURNING hour, channel, event_name
 ), new_users AS (
@@ -70,27 +94,22 @@ WITH ins AS (
 ), sums AS (
     SELECT hour, channel, event_name, count(*) AS events, count(*) FILTER (WHERE late) AS late,
            min(occurred_at) AS first_at, max(occurred_at) AS last_at
-    FROM fresh GROUP BY 1, 2, 3
-), rollup AS (
-    INSERT INTO rollup_channel_hourly AS r (hour, channel, event_name, event_count,
-                                            unique_users, late_events, first_event_at,
-                                            last_event_at, revised_at)
-    SELECT s.hour, s.channel, s.event_name, s.events, coalesce(nu.n, 0), s.late, s.first_at,
-           s.last_at, CASE WHEN s.late > 0 THEN now() END
-    FROM sums s LEFT JOIN new_users nu USING (hour, channel, event_name)
-    ORDER BY 1, 2, 3
-    ON CONFLICT (hour, channel, event_name) DO UPDATE SET
-        event_count    = r.event_count + EXCLUDED.event_count,
-        unique_users   = r.unique_users + EXCLUDED.unique_users,
-        late_events    = r.late_events + EXCLUDED.late_events,
-        first_event_at = least(r.first_event_at, EXCLUDED.first_event_at),
-        last_event_at  = greatest(r.last_event_at, EXCLUDED.last_event_at),
-        updated_at     = now(),
-        revised_at     = coalesce(EXCLUDED.revised_at, r.revised_at)
+    FROM fresh_events GROUP BY 1, 2, 3
 )
-SELECT count(*) AS stored,
-       array_agg(dedup_key) FILTER (WHERE ingestion_job_id IS NOT NULL) AS job_keys
-FROM ins
+INSERT INTO rollup_channel_hourly AS r (hour, channel, event_name, event_count, unique_users,
+                                        late_events, first_event_at, last_event_at, revised_at)
+SELECT s.hour, s.channel, s.event_name, s.events, coalesce(nu.n, 0), s.late, s.first_at,
+       s.last_at, CASE WHEN s.late > 0 THEN now() END
+FROM sums s LEFT JOIN new_users nu USING (hour, channel, event_name)
+ORDER BY 1, 2, 3
+ON CONFLICT (hour, channel, event_name) DO UPDATE SET
+    event_count    = r.event_count + EXCLUDED.event_count,
+    unique_users   = r.unique_users + EXCLUDED.unique_users,
+    late_events    = r.late_events + EXCLUDED.late_events,
+    first_event_at = least(r.first_event_at, EXCLUDED.first_event_at),
+    last_event_at  = greatest(r.last_event_at, EXCLUDED.last_event_at),
+    updated_at     = now(),
+    revised_at     = coalesce(EXCLUDED.revised_at, r.revised_at)
 """
 
 INSERT_AGENT_EVENTS = f"""
@@ -105,33 +124,40 @@ WITH ins AS (
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING event_type, occurred_at, tenant_id, workspace_id, project_id, agent_id,
               workflow_id, cost_usd, latency_ms, late
-), rollup AS (
-    INSERT INTO rollup_agent_hourly AS r (hour, tenant_id, workspace_id, project_id, agent_id,
-                                          workflow_id, runs, succeeded, failed, events,
-                                          cost_usd, latency_ms_sum, latency_ms_count,
-                                          late_events, revised_at)
-    SELECT {_UTC_HOUR}, tenant_id, workspace_id, project_id, agent_id, workflow_id,
-           count(*) FILTER (WHERE event_type = 'run.started'),
-           count(*) FILTER (WHERE event_type = 'run.completed'),
-           count(*) FILTER (WHERE event_type = 'run.failed'),
-           count(*), coalesce(sum(cost_usd), 0), coalesce(sum(latency_ms), 0),
-           count(latency_ms), count(*) FILTER (WHERE late),
-           CASE WHEN bool_or(late) THEN now() END
-    FROM ins GROUP BY 1, 2, 3, 4, 5, 6
-    ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id) DO UPDATE SET
-        runs             = r.runs + EXCLUDED.runs,
-        succeeded        = r.succeeded + EXCLUDED.succeeded,
-        failed           = r.failed + EXCLUDED.failed,
-        events           = r.events + EXCLUDED.events,
-        cost_usd         = r.cost_usd + EXCLUDED.cost_usd,
-        latency_ms_sum   = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
-        latency_ms_count = r.latency_ms_count + EXCLUDED.latency_ms_count,
-        late_events      = r.late_events + EXCLUDED.late_events,
-        updated_at       = now(),
-        revised_at       = coalesce(EXCLUDED.revised_at, r.revised_at)
+), kept AS (
+    INSERT INTO fresh_agent_events (hour, event_type, tenant_id, workspace_id, project_id,
+                                    agent_id, workflow_id, cost_usd, latency_ms, late)
+    SELECT {_UTC_HOUR}, event_type, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+           cost_usd, latency_ms, late
+    FROM ins
 )
 SELECT count(*) AS stored FROM ins
+"""
+
+ADD_AGENT_ROLLUPS = """
+INSERT INTO rollup_agent_hourly AS r (hour, tenant_id, workspace_id, project_id, agent_id,
+                                      workflow_id, runs, succeeded, failed, events, cost_usd,
+                                      latency_ms_sum, latency_ms_count, late_events, revised_at)
+SELECT hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
+       count(*) FILTER (WHERE event_type = 'run.started'),
+       count(*) FILTER (WHERE event_type = 'run.completed'),
+       count(*) FILTER (WHERE event_type = 'run.failed'),
+       count(*), coalesce(sum(cost_usd), 0), coalesce(sum(latency_ms), 0),
+       count(latency_ms), count(*) FILTER (WHERE late),
+       CASE WHEN bool_or(late) THEN now() END
+FROM fresh_agent_events GROUP BY 1, 2, 3, 4, 5, 6
+ORDER BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id) DO UPDATE SET
+    runs             = r.runs + EXCLUDED.runs,
+    succeeded        = r.succeeded + EXCLUDED.succeeded,
+    failed           = r.failed + EXCLUDED.failed,
+    events           = r.events + EXCLUDED.events,
+    cost_usd         = r.cost_usd + EXCLUDED.cost_usd,
+    latency_ms_sum   = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
+    latency_ms_count = r.latency_ms_count + EXCLUDED.latency_ms_count,
+    late_events      = r.late_events + EXCLUDED.late_events,
+    updated_at       = now(),
+    revised_at       = coalesce(EXCLUDED.revised_at, r.revised_at)
 """
 
 INSERT_DEAD_LETTERS = """
