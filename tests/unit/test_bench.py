@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from pipeline.bench import Result, _median, _median_gateway, _peak_rss_mb, _per_event_us
+from pipeline.bench import (
+    Result,
+    _backlog_rate,
+    _median,
+    _median_gateway,
+    _peak_rss_mb,
+    _per_event_us,
+)
 
 
 def test_median_of_runs_takes_each_figure_on_its_own() -> None:
@@ -46,3 +53,11 @@ def test_peak_memory_of_a_live_process() -> None:
     peak = _peak_rss_mb(os.getpid())
     assert peak is not None and peak > 1
     assert _peak_rss_mb(2**22 + 12345) is None  # no such process
+
+
+def test_backlog_rate_counts_only_what_was_left_when_publishing_ended() -> None:
+    # 1,000 messages holding 100,000 events; 600 were left and took 2 s to drain.
+    assert _backlog_rate(100_000, total=1_000, left=600, seconds=2.0) == 30_000
+    # Too little left to time, or nothing published.
+    assert _backlog_rate(100_000, total=1_000, left=99, seconds=0.1) is None
+    assert _backlog_rate(100_000, total=0, left=0, seconds=1.0) is None
