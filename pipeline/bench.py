@@ -265,7 +265,7 @@ async def _faust_scenario(
             published = time.monotonic()
             done_when_published = await _durable_messages(s)
             await wait_until_processed(
-                s.require_database_url(), s.events_topic, receipt.end_offsets, 900
+                s.require_database_url(), s.events_topic, receipt.end_offsets, 900, poll_s=0.02
             )
             finished = time.monotonic()
             elapsed = finished - started

@@ -45,8 +45,9 @@ async def wait_until_processed(
     end_offsets: Mapping[int, int],
     timeout: float,
     on_progress: Callable[[int, int], None] | None = None,
+    poll_s: float = 0.2,
 ) -> None:
-    """Return once every partition's durable offset reached ``end_offsets``."""
+    """Return once every partition's durable offset reached ``end_offsets`` (polled)."""
     target = sum(end_offsets.values())
     deadline = time.monotonic() + timeout
     conn = await asyncpg.connect(dsn)
@@ -60,7 +61,7 @@ async def wait_until_processed(
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"processed {done} of {target} messages in {timeout:.0f}s")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(poll_s)
     finally:
         await conn.close()
 
