@@ -7,17 +7,17 @@ of the event's UTC hour.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 __all__ = ["AgentEvent", "DeadLetter", "Event", "Invalid", "JobRef", "ProductEvent", "Source"]
 
 
-class Source(NamedTuple):
+@dataclass(slots=True)
+class Source:
     """Where a record was read: topic, partition, offset, index in its envelope.
 
-    ``index`` is -1 for a message that held one event (not an envelope). A
-    NamedTuple, not a frozen dataclass: one is made per event, and a frozen
-    dataclass costs three times as much to build.
+    ``index`` is -1 for a message that held one event (not an envelope). Not
+    frozen: one is made per event, and a frozen dataclass costs three times as
+    much to build (its ``__init__`` goes through ``object.__setattr__``).
     """
 
     topic: str
