@@ -1,8 +1,9 @@
 """The Faust app factory: topics, the dedup table, durable-offset seeks, the agent.
 
 The data flow: the agent (:func:`_wire_agent`) hands each take to
-:class:`Intake`, which plans it and passes it to :class:`WriteBehind` to commit;
-the planning and the sink they call are Faust-free and tested on their own.
+:class:`Intake`, which plans it and passes it to ``WriteBehind`` to commit
+(``writebehind.py``); the planning, the write-behind and the sink are
+Faust-free and tested on their own.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import faust
 from faust.types import TP
 
 from pipeline import eager, sql
-from pipeline.batch import RawMessage, split_by_bytes
+from pipeline.batch import RawMessage, split_into_lanes
 from pipeline.deadletters import DeadLetterPublisher
 from pipeline.dedup_state import DedupState
-from pipeline.errors import FatalSinkError
-from pipeline.processor import Prepared, Processor
+from pipeline.processor import Processor
 from pipeline.refetch import Refetcher
 from pipeline.settings import Settings
-from pipeline.sink import TRANSIENT_ERRORS, Abandoned, Sink, load_progress
+from pipeline.sink import TRANSIENT_ERRORS, Sink, load_progress
 from pipeline.topics import DEDUP_TABLE
+from pipeline.writebehind import WriteBehind
 
 __all__ = ["PipelineApp", "create_app"]
 
@@ -52,7 +53,10 @@ class Runtime:
             if self._pool is None:
                 s = self.settings
                 self._pool = await asyncpg.create_pool(
-                    s.require_database_url(), min_size=1, max_size=2, command_timeout=60
+                    s.require_database_url(),
+                    min_size=1,
+                    max_size=s.sink_lanes + 1,  # a transaction per lane, and offset reads
+                    command_timeout=60,
                 )
                 await self._pool.execute(
                     sql.UPSERT_CONFIG, s.completeness_grace_seconds, s.partition_idle_seconds
@@ -77,57 +81,6 @@ class Runtime:
         await self.refetcher.close()
         if self._pool is not None:
             await self._pool.close()
-
-
-class WriteBehind:
-    """At most one batch committing while the agent plans the next one.
-
-    Batches commit strictly in order. When one is given up (its partitions were
-    revoked, or the worker stops), the batch planned behind it is discarded too:
-    both roll back to the durable state and are read again.
-    """
-
-    def __init__(self, processor: Processor) -> None:
-        self._processor = processor
-        self._task: asyncio.Task[bool] | None = None
-
-    async def submit(self, prepared: Prepared, abandon: Callable[[], bool]) -> None:
-        if not await self.wait():
-            self._processor.discard(prepared)
-            log.warning(
-                "batch discarded behind an abandoned one", extra={"messages": prepared.messages}
-            )
-            return
-        self._task = asyncio.create_task(self._commit(prepared, abandon))
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the batch in flight; False when it was given up (or is still running)."""
-        task = self._task
-        if task is None:
-            return True
-        try:
-            committed = await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            return False
-        if self._task is task:
-            self._task = None
-        return committed
-
-    async def _commit(self, prepared: Prepared, abandon: Callable[[], bool]) -> bool:
-        try:
-            await self._processor.commit(prepared, abandon)
-        except Abandoned:
-            # take_events acked these already; the durable offsets in PostgreSQL
-            # make the next owner (or this worker, after its seek) re-read them.
-            log.warning("batch abandoned", extra={"messages": prepared.messages})
-            return False
-        except FatalSinkError as exc:
-            _die(exc)
-        if prepared.seeks:
-            # Holes the refetch could not close: the durable offset stays at
-            # them, /health/live turns unhealthy, and a restart re-reads them.
-            log.error("offsets still missing after a refetch", extra={"seeks": prepared.seeks})
-        return True
 
 
 class Intake:
@@ -162,7 +115,7 @@ class Intake:
         try:
             while True:
                 messages = await self._queue.get()
-                for chunk in split_by_bytes(messages, s.batch_bytes):
+                for chunk in split_into_lanes(messages, s.sink_lanes, s.batch_bytes):
                     prepared = await app.processor.prepare(chunk)
                     if prepared is not None:
                         abandon = _abandon_check(app, set(prepared.plan.progress), s.events_topic)
@@ -330,7 +283,7 @@ def create_app(settings: Settings) -> PipelineApp:
         settings, sink, dedup, app.runtime.dlq.publish, refetch=app.runtime.refetcher.fetch
     )
 
-    app.write_behind = WriteBehind(app.processor)
+    app.write_behind = WriteBehind(app.processor, on_fatal=_die, lanes=settings.sink_lanes)
     app.intake = Intake(app, settings)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ __all__ = [
     "RawMessage",
     "plan_batch",
     "split_by_bytes",
+    "split_into_lanes",
     "state_key",
 ]
 
@@ -148,6 +149,26 @@ def split_by_bytes(messages: Sequence[RawMessage], limit: int) -> list[Sequence[
     if start < len(messages):
         chunks.append(messages[start:])
     return chunks
+
+
+def split_into_lanes(
+    messages: Sequence[RawMessage], lanes: int, limit: int
+) -> list[Sequence[RawMessage]]:
+    """Chunks of at most ``limit`` bytes, each from one of ``lanes`` groups of partitions.
+
+    The partitions present are dealt round-robin into the groups; each group
+    is cut by :func:`split_by_bytes` and the groups' chunks are interleaved, so
+    consecutive chunks share no partition and can commit at the same time.
+    Each partition's messages keep their order.
+    """
+    if lanes <= 1:
+        return split_by_bytes(messages, limit)
+    group_of = {p: i % lanes for i, p in enumerate(sorted({m.partition for m in messages}))}
+    groups: list[list[RawMessage]] = [[] for _ in range(lanes)]
+    for m in messages:
+        groups[group_of[m.partition]].append(m)
+    cut = [split_by_bytes(g, limit) for g in groups if g]
+    return [c[i] for i in range(max((len(c) for c in cut), default=0)) for c in cut if i < len(c)]
 
 
 def state_key(event: Event) -> str:

@@ -30,6 +30,7 @@ def worker_env(s: Settings) -> dict[str, str]:
         "SINK_BATCH_SECONDS": str(s.batch_seconds),
         "SINK_BATCH_MAX": str(s.batch_max),
         "SINK_BATCH_BYTES": str(s.batch_bytes),
+        "SINK_LANES": str(s.sink_lanes),
         "WORKER_BUFFER_MESSAGES": str(s.buffer_messages),
         "LOG_LEVEL": s.log_level,
     }

@@ -67,6 +67,8 @@ class Settings:
     batch_max: int = 2000
     batch_seconds: float = 0.5
     batch_bytes: int = 4 * 1024 * 1024
+    # Transactions a worker commits at once, on disjoint partitions (one connection each).
+    sink_lanes: int = 2
     # Messages fetched ahead of the agent; memory grows by this times the average message size.
     buffer_messages: int = 16_384
     # Event time: an hour is complete once every active partition's watermark
@@ -134,6 +136,7 @@ class Settings:
             batch_max=_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
             batch_seconds=_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
             batch_bytes=_int(e, "SINK_BATCH_BYTES", d.batch_bytes, minimum=1),
+            sink_lanes=_int(e, "SINK_LANES", d.sink_lanes, minimum=1),
             buffer_messages=_int(e, "WORKER_BUFFER_MESSAGES", d.buffer_messages, minimum=1),
             completeness_grace_seconds=_int(
                 e, "COMPLETENESS_GRACE_SECONDS", d.completeness_grace_seconds, minimum=0

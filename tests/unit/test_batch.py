@@ -18,6 +18,7 @@ from pipeline.batch import (
     RawMessage,
     plan_batch,
     split_by_bytes,
+    split_into_lanes,
     state_key,
 )
 from pipeline.events import AgentEvent, ProductEvent, Source
@@ -539,3 +540,25 @@ class TestSplitByBytes:
         messages = [RawMessage("events", 0, i, None) for i in range(3)]
         assert split_by_bytes(messages, 1) == [messages]
         assert split_by_bytes([], 1) == []
+
+
+class TestSplitIntoLanes:
+    def test_consecutive_chunks_share_no_partition_and_keep_each_partition_in_order(self) -> None:
+        messages = [RawMessage("events", i % 4, i, b"x" * 10) for i in range(40)]
+        chunks = split_into_lanes(messages, 2, 45)
+        assert sorted((m.partition, m.offset) for c in chunks for m in c) == sorted(
+            (m.partition, m.offset) for m in messages
+        )
+        for a, b in pairwise(chunks):
+            assert not {m.partition for m in a} & {m.partition for m in b}
+        for chunk in chunks:
+            assert sum(len(m.value or b"") for m in chunk) <= 45
+        for p in range(4):
+            offsets = [m.offset for c in chunks for m in c if m.partition == p]
+            assert offsets == sorted(offsets)
+
+    def test_one_lane_or_one_partition_is_split_by_bytes(self) -> None:
+        messages = [RawMessage("events", 3, i, b"x" * 10) for i in range(10)]
+        assert split_into_lanes(messages, 1, 35) == split_by_bytes(messages, 35)
+        assert split_into_lanes(messages, 2, 35) == split_by_bytes(messages, 35)
+        assert split_into_lanes([], 2, 35) == []
