@@ -14,7 +14,8 @@ per event. A publish returns only after the broker acknowledged every record.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import gc
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,74 @@ class Receipt:
         self.events += other.events
         for p, end in other.end_offsets.items():
             self.end_offsets[p] = max(self.end_offsets.get(p, 0), end)
+
+
+def _encode(
+    events: Sequence[Mapping[str, Any]], envelope_size: int, partitions: int
+) -> list[tuple[int, bytes, bytes]]:
+    """``(partition, key, value)`` records: events keyed by dedup key, singly or in envelopes.
+
+    Runs with the cyclic GC paused (it holds no await): a caller's load of
+    10^5 event dicts made each collection walk them all, which cost about 3 µs
+    per event here; what this creates is freed by reference counting.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        keys = [(event_key(event) or "").encode() for event in events]
+        by_partition: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_partition.setdefault(partition_for(key, partitions), []).append(i)
+        records: list[tuple[int, bytes, bytes]] = []
+        for partition, index in by_partition.items():
+            if envelope_size <= 1:
+                records.extend((partition, keys[i], orjson.dumps(events[i])) for i in index)
+                continue
+            for start in range(0, len(index), envelope_size):
+                chunk = index[start : start + envelope_size]
+                value = orjson.dumps([events[i] for i in chunk])
+                records.append((partition, keys[chunk[0]], value))
+        return records
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+_Filling = tuple[Any, int]  # an aiokafka batch being filled, and how many records it holds
+READY_BATCHES = 8  # full batches sent at a time: bounds what one call holds in memory
+
+
+def _fill_batches(
+    producer: AIOKafkaProducer,
+    records: Iterator[tuple[int, bytes, bytes]],
+    filling: dict[int, _Filling],
+) -> tuple[list[tuple[int, Any, int]], bool]:
+    """Append records to per-partition batches until READY_BATCHES are full.
+
+    Returns the full ``(partition, batch, count)`` batches and whether the
+    records ran out (then every open batch is returned too). No await inside,
+    so the cyclic GC is paused, as in :func:`_encode`.
+    """
+    ready: list[tuple[int, Any, int]] = []
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for partition, key, value in records:
+            batch, count = filling.get(partition) or (producer.create_batch(), 0)
+            if batch.append(key=key or None, value=value, timestamp=None) is None:
+                ready.append((partition, batch, count))
+                batch, count = producer.create_batch(), 0
+                if batch.append(key=key or None, value=value, timestamp=None) is None:
+                    raise PublishError(f"a message of {len(value)} bytes exceeds the batch limit")
+            filling[partition] = (batch, count + 1)
+            if len(ready) >= READY_BATCHES:
+                return ready, False
+        ready.extend((partition, batch, count) for partition, (batch, count) in filling.items())
+        filling.clear()
+        return ready, True
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Publisher:
@@ -91,18 +160,7 @@ class Publisher:
         self, events: Sequence[Mapping[str, Any]], envelope_size: int = 1
     ) -> Receipt:
         """Publish events keyed by dedup key, singly or grouped in envelopes."""
-        by_partition: dict[int, list[tuple[bytes, Mapping[str, Any]]]] = {}
-        for event in events:
-            key = (event_key(event) or "").encode()
-            by_partition.setdefault(partition_for(key, self._partitions), []).append((key, event))
-        records: list[tuple[int, bytes, bytes]] = []
-        for partition, items in by_partition.items():
-            if envelope_size <= 1:
-                records.extend((partition, k, orjson.dumps(e)) for k, e in items)
-                continue
-            for start in range(0, len(items), envelope_size):
-                chunk = items[start : start + envelope_size]
-                records.append((partition, chunk[0][0], orjson.dumps([e for _, e in chunk])))
+        records = _encode(events, envelope_size, self._partitions)
         receipt = await self.publish_records(records)
         receipt.events = len(events)
         return receipt
@@ -118,32 +176,17 @@ class Publisher:
     async def publish_records(self, records: Iterable[tuple[int, bytes, bytes]]) -> Receipt:
         """Send ``(partition, key, value)`` records in per-partition batches; wait for acks."""
         producer = self._producer
-        batches: dict[int, Any] = {}
-        counts: dict[int, int] = {}
+        records = iter(records)
+        filling: dict[int, _Filling] = {}
         pending: list[tuple[int, int, asyncio.Future[Any]]] = []
-
-        async def flush(partition: int) -> None:
-            batch = batches.pop(partition)
-            fut = await producer.send_batch(batch, self.topic, partition=partition)
-            pending.append((partition, counts.pop(partition), fut))
-
         try:
-            for partition, key, value in records:
-                batch = batches.get(partition)
-                if batch is None:
-                    batch = batches[partition] = producer.create_batch()
-                    counts[partition] = 0
-                if batch.append(key=key or None, value=value, timestamp=None) is None:
-                    await flush(partition)
-                    batch = batches[partition] = producer.create_batch()
-                    counts[partition] = 0
-                    if batch.append(key=key or None, value=value, timestamp=None) is None:
-                        raise PublishError(
-                            f"a message of {len(value)} bytes exceeds the batch limit"
-                        )
-                counts[partition] += 1
-            for partition in list(batches):
-                await flush(partition)
+            while True:
+                ready, exhausted = _fill_batches(producer, records, filling)
+                for partition, batch, count in ready:
+                    fut = await producer.send_batch(batch, self.topic, partition=partition)
+                    pending.append((partition, count, fut))
+                if exhausted:
+                    break
             metas = await asyncio.gather(*(f for _, _, f in pending))
         except KafkaError as exc:
             raise PublishError(f"the broker did not acknowledge the publish: {exc!r}") from exc
