@@ -214,6 +214,13 @@ class PipelineApp(faust.App):
         self.sensors.remove(self.monitor)
         return services
 
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        # No sensor is left, so the sensors' rebalance state is an empty dict,
+        # which Faust reports as "Missing sensor state" at every rebalance.
+        if self._rebalancing_sensor_state == {}:
+            self._rebalancing_sensor_state = {"no sensors": None}
+
     async def on_stop(self) -> None:
         # The batch in flight first: Faust's last commit then covers it.
         await self.intake.stop()
