@@ -159,9 +159,11 @@ def split_into_lanes(
     The partitions present are dealt round-robin into the groups; each group
     is cut by :func:`split_by_bytes` and the groups' chunks are interleaved, so
     consecutive chunks share no partition and can commit at the same time.
-    Each partition's messages keep their order.
+    Each partition's messages keep their order. A take that fits in one
+    transaction stays one: cutting it would only add transactions (single-event
+    messages, drain: 11.3k -> 9.9k events/s when cut).
     """
-    if lanes <= 1:
+    if lanes <= 1 or sum(len(m.value) if m.value else 0 for m in messages) <= limit:
         return split_by_bytes(messages, limit)
     group_of = {p: i % lanes for i, p in enumerate(sorted({m.partition for m in messages}))}
     groups: list[list[RawMessage]] = [[] for _ in range(lanes)]

@@ -557,6 +557,11 @@ class TestSplitIntoLanes:
             offsets = [m.offset for c in chunks for m in c if m.partition == p]
             assert offsets == sorted(offsets)
 
+    def test_a_take_that_fits_one_transaction_stays_one(self) -> None:
+        messages = [RawMessage("events", i % 4, i, b"x" * 10) for i in range(8)]
+        assert split_into_lanes(messages, 2, 80) == [messages]
+        assert len(split_into_lanes(messages, 2, 79)) > 1
+
     def test_one_lane_or_one_partition_is_split_by_bytes(self) -> None:
         messages = [RawMessage("events", 3, i, b"x" * 10) for i in range(10)]
         assert split_into_lanes(messages, 1, 35) == split_by_bytes(messages, 35)
