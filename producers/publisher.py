@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,18 @@ class Receipt:
             self.end_offsets[p] = max(self.end_offsets.get(p, 0), end)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC off for a block with no await in it, then as it was."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _encode(
     events: Sequence[Mapping[str, Any]], envelope_size: int, partitions: int
 ) -> list[tuple[int, bytes, bytes]]:
@@ -57,9 +70,7 @@ def _encode(
     10^5 event dicts made each collection walk them all, which cost about 3 µs
     per event here; what this creates is freed by reference counting.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         keys = [(event_key(event) or "").encode() for event in events]
         by_partition: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
@@ -74,9 +85,6 @@ def _encode(
                 value = orjson.dumps([events[i] for i in chunk])
                 records.append((partition, keys[chunk[0]], value))
         return records
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 _Filling = tuple[Any, int]  # an aiokafka batch being filled, and how many records it holds
@@ -95,9 +103,7 @@ def _fill_batches(
     so the cyclic GC is paused, as in :func:`_encode`.
     """
     ready: list[tuple[int, Any, int]] = []
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         for partition, key, value in records:
             batch, count = filling.get(partition) or (producer.create_batch(), 0)
             if batch.append(key=key or None, value=value, timestamp=None) is None:
@@ -111,9 +117,6 @@ def _fill_batches(
         ready.extend((partition, batch, count) for partition, (batch, count) in filling.items())
         filling.clear()
         return ready, True
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class Publisher:
