@@ -1,6 +1,7 @@
 """``python -m pipeline <command>``: the operator's front door.
 
-Commands: worker, migrate, topics, stack (up|down|status), demo, bench.
+Commands: worker, migrate, topics, stack (up|down|status), status, rebuild-rollups,
+retention, reset-offsets, demo, bench, and reference (the benchmark's hand-rolled loop).
 Bad configuration ends with a one-line message naming the setting, exit 2.
 """
 
@@ -52,6 +53,13 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def _reference(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.reference import run_reference
+
+    _tune_gc()
+    return run_reference(settings, args.index, args.of)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
         "--only", default=None, help="scenarios whose name holds one of these comma-separated words"
     )
     b.set_defaults(run=_bench)
+    r = sub.add_parser(
+        "reference", help="benchmark only: the worker's job in a hand-rolled aiokafka loop"
+    )
+    r.add_argument("--index", type=int, default=0, help="this process, 0-based")
+    r.add_argument("--of", type=int, default=1, help="processes sharing the partitions")
+    r.set_defaults(run=_reference)
     return p
 
 

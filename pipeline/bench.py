@@ -14,6 +14,9 @@ the median of each figure:
   the time until each one's rollup row is visible is measured (p50/p99);
 * resources: the worker's peak resident memory, and the CPU time the worker
   and the PostgreSQL server spent per event during the throughput phase;
+* reference: the same scenarios through ``python -m pipeline reference``, the
+  same planning and sink in a hand-rolled aiokafka ``getmany`` loop instead of
+  Faust (``reference.py``); ``of ref.`` is the Faust worker's share of its rate;
 * naive baseline: the same load through a plain consumer doing one INSERT per
   event (and one rollup upsert per event), in autocommit;
 * publisher: ``Publisher.publish_events`` from one process, keys computed;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import statistics
 import sys
@@ -43,7 +47,7 @@ from pipeline.codec import decode_message
 from pipeline.events import Invalid, ProductEvent, Source
 from pipeline.migrate import apply_migrations
 from pipeline.reconcile import wait_until_processed
-from pipeline.runner import start_worker, stop_worker
+from pipeline.runner import start_reference, start_worker, stop_worker
 from pipeline.settings import Settings
 from pipeline.sink import load_progress
 from pipeline.stack import stack_down, stack_up
@@ -95,21 +99,19 @@ def run_bench(
         log_level="WARNING",
     )
     pg = _StackCpu(info.postgres_pid, info.broker_pid)
-    scenarios: list[tuple[str, Callable[[], Coroutine[Any, Any, Result]]]] = [
-        (
-            "faust worker, single-event messages",
-            lambda: _faust_scenario(base, pg, "faust worker, single-event messages", 1, count),
-        ),
-        (
-            "faust worker, envelopes of 100",
-            lambda: _faust_scenario(base, pg, "faust worker, envelopes of 100", 100, count),
-        ),
-        (
-            "2 faust workers, envelopes of 100",
-            lambda: _faust_scenario(
-                base, pg, "2 faust workers, envelopes of 100", 100, count, workers=2
-            ),
-        ),
+    scenarios: list[tuple[str, Callable[[], Coroutine[Any, Any, Result]]]] = []
+    for kind in ("faust worker", "reference loop"):
+        for envelope, workers in ((1, 1), (100, 1), (100, 2)):
+            title = _title(kind, envelope, workers)
+            scenarios.append(
+                (
+                    title,
+                    functools.partial(
+                        _worker_scenario, base, pg, title, envelope, count, workers, kind
+                    ),
+                )
+            )
+    scenarios += [
         ("naive baseline (one INSERT per event)", lambda: _naive_scenario(base, pg, count)),
         ("publisher, single-event messages", lambda: _publisher_scenario(base, 1, count)),
         ("publisher, envelopes of 100", lambda: _publisher_scenario(base, 100, count)),
@@ -135,6 +137,12 @@ def run_bench(
             _say("   " + line)
     _report(results, gateway, as_json, runs)
     return 0
+
+
+def _title(kind: str, envelope: int, workers: int) -> str:
+    """``faust worker, envelopes of 100``, ``2 reference loops, single-event messages``..."""
+    who = kind if workers == 1 else f"{workers} {kind}s"
+    return f"{who}, " + ("single-event messages" if envelope == 1 else f"envelopes of {envelope}")
 
 
 def _median(results: list[Result]) -> Result:
@@ -245,15 +253,28 @@ async def _fresh(base: Settings, name: str) -> Settings:
     return s
 
 
-async def _faust_scenario(
-    base: Settings, pg: _StackCpu, title: str, envelope: int, count: int, workers: int = 1
+async def _worker_scenario(
+    base: Settings,
+    pg: _StackCpu,
+    title: str,
+    envelope: int,
+    count: int,
+    workers: int = 1,
+    kind: str = "faust worker",
 ) -> Result:
-    s = await _fresh(base, f"e{envelope}w{workers}")
-    procs = [start_worker(s, BENCH_DIR / f"worker-{s.app_id}-{i}.log") for i in range(workers)]
+    """Workers (Faust, or the hand-rolled reference loop) drain a published load."""
+    faust = kind == "faust worker"
+    s = await _fresh(base, f"{'e' if faust else 'r'}{envelope}w{workers}")
+    procs = [
+        start_worker(s, BENCH_DIR / f"worker-{s.app_id}-{i}.log")
+        if faust
+        else start_reference(s, BENCH_DIR / f"reference-{s.app_id}-{i}.log", i, workers)
+        for i in range(workers)
+    ]
     p50 = p99 = None
     try:
         async with Publisher(s) as pub:
-            await _warm_up(s, pub, workers)
+            await _warm_up(s, pub, workers if faust else 1)
             workload = build_workload(
                 LoadOptions(count=count, envelope_size=envelope), pub.partitions
             )
@@ -279,7 +300,7 @@ async def _faust_scenario(
             busy = (cpu1 - cpu0) + (rest1 - rest0) + ((pg1 - pg0) if pg0 and pg1 else 0)
             rate = count / elapsed
             _say(f"   {backlog or 0:,.0f} events/s from the backlog, {rate:,.0f} while publishing")
-            if workers == 1:
+            if workers == 1 and faust:
                 _say(f"   latency at {rate / 2:,.0f} events/s ...")
                 p50, p99 = await _latency(s, pub, envelope, rate / 2)
             peaks = [m for m in (_peak_rss_mb(pid) for pid in pids) if m is not None]
@@ -528,12 +549,21 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool, runs:
         for r in results
         if naive and not r.scenario.startswith("publisher")
     }
+    # Faust's share of the hand-rolled loop's rate on the same load (same planning and sink).
+    reference = {r.scenario: r.events_per_s for r in results if "reference loop" in r.scenario}
+    of_reference = {
+        r.scenario: round(r.events_per_s / ref, 2)
+        for r in results
+        if (ref := reference.get(r.scenario.replace("faust worker", "reference loop")))
+        and "faust worker" in r.scenario
+    }
     if as_json:
         payload: dict[str, Any] = {
             "runs": runs,
             "median_of_runs": True,
             "results": [asdict(r) for r in results],
             "ratio_to_naive": ratio,
+            "ratio_to_reference": of_reference,
             "gateway": gateway,
         }
         print(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
@@ -544,6 +574,7 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool, runs:
         "events/s",
         "live ev/s",
         "x naive",
+        "of ref.",
         "p50 ms",
         "p99 ms",
         "at ev/s",
@@ -559,6 +590,7 @@ def _report(results: list[Result], gateway: dict[str, Any], as_json: bool, runs:
             f"{r.events_per_s:,.0f}",
             _fmt(r.live_events_per_s),
             f"{ratio[r.scenario]:.1f}" if r.scenario in ratio else "-",
+            f"{of_reference[r.scenario]:.0%}" if r.scenario in of_reference else "-",
             _dash(r.latency_p50_ms),
             _dash(r.latency_p99_ms),
             _fmt(r.latency_rate),

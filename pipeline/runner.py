@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.settings import Settings
 from pipeline.stack import free_port
 
-__all__ = ["worker_env", "start_worker", "stop_worker"]
+__all__ = ["worker_env", "start_worker", "start_reference", "stop_worker"]
 
 
 def worker_env(s: Settings) -> dict[str, str]:
@@ -38,12 +38,25 @@ def worker_env(s: Settings) -> dict[str, str]:
 
 def start_worker(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     """Start ``python -m pipeline worker``; give it its own free web port unless one is set."""
+    return _start(["worker"], settings, log, extra_env)
+
+
+def start_reference(
+    settings: Settings, log: Path, index: int, processes: int
+) -> subprocess.Popen[bytes]:
+    """Start the benchmark's hand-rolled loop, ``python -m pipeline reference``."""
+    return _start(["reference", "--index", str(index), "--of", str(processes)], settings, log, {})
+
+
+def _start(
+    args: list[str], settings: Settings, log: Path, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, **worker_env(settings), **extra_env}
     env.setdefault("WORKER_WEB_PORT", str(free_port()))
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "worker"],
+            [sys.executable, "-m", "pipeline", *args],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
             stdout=out,

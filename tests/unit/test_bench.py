@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from pipeline.bench import (
     Result,
     _backlog_rate,
@@ -11,7 +13,10 @@ from pipeline.bench import (
     _median_gateway,
     _peak_rss_mb,
     _per_event_us,
+    _title,
 )
+from pipeline.errors import PipelineError
+from pipeline.reference import partitions_of
 
 
 def test_median_of_runs_takes_each_figure_on_its_own() -> None:
@@ -61,3 +66,15 @@ def test_backlog_rate_counts_only_what_was_left_when_publishing_ended() -> None:
     # Too little left to time, or nothing published.
     assert _backlog_rate(100_000, total=1_000, left=99, seconds=0.1) is None
     assert _backlog_rate(100_000, total=0, left=0, seconds=1.0) is None
+
+
+def test_reference_processes_share_the_partitions_without_overlap() -> None:
+    shares = [partitions_of(i, 3, 8) for i in range(3)]
+    assert shares == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    with pytest.raises(PipelineError, match=r"--index must be in 0\.\.2"):
+        partitions_of(3, 3, 8)
+
+
+def test_bench_titles_pair_faust_and_reference_scenarios() -> None:
+    assert _title("faust worker", 1, 1) == "faust worker, single-event messages"
+    assert _title("reference loop", 100, 2) == "2 reference loops, envelopes of 100"
