@@ -138,6 +138,7 @@ class PipelineApp(faust.App):
     def _new_consumer(self) -> Any:
         consumer: Any = super()._new_consumer()
         eager.install(consumer)  # per-message delivery without four tasks per message
+        consumer.callback = eager.unlocked_on_message(self.topics)
         kafka_committed = consumer.seek_to_committed
 
         # After each rebalance Faust seeks every partition to its Kafka-committed

@@ -22,7 +22,7 @@ from typing import Any
 
 from mode.services import WaitResults
 
-__all__ = ["eager_wait_first", "install"]
+__all__ = ["eager_wait_first", "install", "unlocked_on_message"]
 
 WaitFirst = Callable[..., Awaitable[Any]]
 
@@ -35,6 +35,29 @@ def install(service: Any) -> None:
         return await eager_wait_first(service, original, coros, timeout)
 
     service.wait_first = wait_first
+
+
+def unlocked_on_message(conductor: Any) -> Callable[[Any], Awaitable[Any]]:
+    """The conductor's per-message callback, taking its lock only while it is held.
+
+    Faust's ``Conductor.on_message`` enters ``_tp_to_callback_lock`` (an
+    ``asyncio.Lock``) for every message, to read the partition's handler while
+    a rebalance may be rebuilding the map under that lock. When the lock is
+    free nobody is rebuilding, and reading the map involves no ``await``, so
+    no rebuild can start halfway: the read is safe without entering it.
+    """
+    lock: asyncio.Lock = conductor._tp_to_callback_lock
+    handlers = conductor._tp_to_callback
+
+    async def on_message(message: Any) -> Any:
+        if lock.locked():
+            async with lock:
+                handler = handlers[message.tp]
+        else:
+            handler = handlers[message.tp]
+        return await handler(message)
+
+    return on_message
 
 
 async def eager_wait_first(

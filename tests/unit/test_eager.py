@@ -92,3 +92,54 @@ async def test_an_error_after_a_suspension_propagates(svc: Svc) -> None:
 
     with pytest.raises(ValueError, match="late boom"):
         await svc.wait_first(callback(), asyncio.Event().wait())
+
+
+class _Conductor:
+    """The two attributes of Faust's Conductor that its on_message reads."""
+
+    def __init__(self) -> None:
+        self._tp_to_callback_lock = asyncio.Lock()
+        self._tp_to_callback: dict[str, Any] = {}
+
+
+class _Msg:
+    def __init__(self, tp: str) -> None:
+        self.tp = tp
+
+
+async def test_unlocked_on_message_dispatches_to_the_partitions_handler() -> None:
+    conductor = _Conductor()
+    got: list[tuple[str, str]] = []
+
+    def handler(name: str) -> Any:
+        async def handle(message: _Msg) -> str:
+            got.append((name, message.tp))
+            return name
+
+        return handle
+
+    conductor._tp_to_callback.update({"t-0": handler("h0"), "t-1": handler("h1")})
+    on_message = eager.unlocked_on_message(conductor)
+    assert await on_message(_Msg("t-1")) == "h1"
+    assert await on_message(_Msg("t-0")) == "h0"
+    assert got == [("h1", "t-1"), ("h0", "t-0")]
+
+
+async def test_unlocked_on_message_waits_while_the_map_is_rebuilt() -> None:
+    conductor = _Conductor()
+    on_message = eager.unlocked_on_message(conductor)
+
+    async def old(message: _Msg) -> str:
+        return "old"
+
+    async def new(message: _Msg) -> str:
+        return "new"
+
+    conductor._tp_to_callback["t-0"] = old
+    await conductor._tp_to_callback_lock.acquire()  # a rebalance rebuilds the map
+    delivery = asyncio.create_task(on_message(_Msg("t-0")))
+    await asyncio.sleep(0.01)
+    assert not delivery.done(), "must not read the map while it is being rebuilt"
+    conductor._tp_to_callback["t-0"] = new
+    conductor._tp_to_callback_lock.release()
+    assert await delivery == "new"
