@@ -21,7 +21,7 @@ import faust
 from faust.types import TP
 
 from pipeline import eager, sql
-from pipeline.batch import RawMessage, split_into_lanes
+from pipeline.batch import Message, split_into_lanes
 from pipeline.deadletters import DeadLetterPublisher
 from pipeline.dedup_state import DedupState
 from pipeline.processor import Processor
@@ -96,10 +96,10 @@ class Intake:
     def __init__(self, app: PipelineApp, settings: Settings) -> None:
         self._app = app
         self._settings = settings
-        self._queue: asyncio.Queue[list[RawMessage]] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=1)
         self._task: asyncio.Task[None] | None = None
 
-    async def put(self, messages: list[RawMessage]) -> None:
+    async def put(self, messages: list[Message]) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         await self._queue.put(messages)
@@ -308,17 +308,12 @@ def create_app(settings: Settings) -> PipelineApp:
 
 
 def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> None:
-    name = settings.events_topic
-
     @app.agent(topic, name="process-events")  # type: ignore[arg-type]
     async def process_events(stream: faust.Stream[bytes]) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_seconds):
-            await app.intake.put(
-                [
-                    RawMessage(name, e.message.partition, e.message.offset, e.message.value)
-                    for e in events
-                ]
-            )
+            # Faust's own messages: planning reads their topic, partition, offset
+            # and value (building a copy of each cost ~1 µs per message).
+            await app.intake.put([e.message for e in events])
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pipeline.codec import decode_message
 from pipeline.dedup import first_of_each_key
@@ -20,6 +21,7 @@ __all__ = [
     "BatchPlan",
     "Limits",
     "PartitionProgress",
+    "Message",
     "RawMessage",
     "plan_batch",
     "split_by_bytes",
@@ -31,8 +33,23 @@ __all__ = [
 PAUSE_EVERY = 128  # events between two calls of plan_batch's ``pause`` (~1 ms of work)
 
 
+class Message(Protocol):
+    """A Kafka message as planning reads it: Faust's and aiokafka's messages are ones."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
+    """A message built by hand (the refetch, tests)."""
+
     topic: str
     partition: int
     offset: int
@@ -73,7 +90,7 @@ class BatchPlan:
 
 
 def plan_batch(
-    messages: Sequence[RawMessage],
+    messages: Sequence[Message],
     limits: Limits,
     now_us: int,
     watermarks: Mapping[int, int | None],
@@ -131,14 +148,14 @@ def plan_batch(
     return plan
 
 
-def split_by_bytes(messages: Sequence[RawMessage], limit: int) -> list[Sequence[RawMessage]]:
+def split_by_bytes(messages: Sequence[Message], limit: int) -> list[Sequence[Message]]:
     """Consecutive chunks of at most ``limit`` bytes of values (each holds one message at least).
 
     A take of 2,000 envelopes can hold 200,000 events: written as one
     transaction it would hold the next take back for seconds. Chunks keep
     transactions short and let the next chunk be planned while one commits.
     """
-    chunks: list[Sequence[RawMessage]] = []
+    chunks: list[Sequence[Message]] = []
     start = size = 0
     for i, msg in enumerate(messages):
         length = len(msg.value) if msg.value else 0
@@ -152,8 +169,8 @@ def split_by_bytes(messages: Sequence[RawMessage], limit: int) -> list[Sequence[
 
 
 def split_into_lanes(
-    messages: Sequence[RawMessage], lanes: int, limit: int
-) -> list[Sequence[RawMessage]]:
+    messages: Sequence[Message], lanes: int, limit: int
+) -> list[Sequence[Message]]:
     """Chunks of at most ``limit`` bytes, each from one of ``lanes`` groups of partitions.
 
     The partitions present are dealt round-robin into the groups; each group
@@ -166,7 +183,7 @@ def split_into_lanes(
     if lanes <= 1 or sum(len(m.value) if m.value else 0 for m in messages) <= limit:
         return split_by_bytes(messages, limit)
     group_of = {p: i % lanes for i, p in enumerate(sorted({m.partition for m in messages}))}
-    groups: list[list[RawMessage]] = [[] for _ in range(lanes)]
+    groups: list[list[Message]] = [[] for _ in range(lanes)]
     for m in messages:
         groups[group_of[m.partition]].append(m)
     cut = [split_by_bytes(g, limit) for g in groups if g]
@@ -179,7 +196,7 @@ def state_key(event: Event) -> str:
     return ("p:" if isinstance(event, ProductEvent) else "a:") + event.dedup_key
 
 
-def _track_offset(plan: BatchPlan, msg: RawMessage, watermarks: Mapping[int, int | None]) -> None:
+def _track_offset(plan: BatchPlan, msg: Message, watermarks: Mapping[int, int | None]) -> None:
     progress = plan.progress.get(msg.partition)
     if progress is None:
         progress = PartitionProgress(msg.offset + 1, watermarks.get(msg.partition))

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.batch import BatchPlan, Limits, RawMessage, plan_batch, state_key
+from pipeline.batch import BatchPlan, Limits, Message, plan_batch, state_key
 from pipeline.dedup_state import DedupState
 from pipeline.events import DeadLetter
 from pipeline.metrics import WorkerMetrics
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 TP = Any  # a Kafka topic-partition with .topic and .partition (Faust's TP)
 
 PublishDead = Callable[[Sequence[DeadLetter], Callable[[], bool]], Awaitable[None]]
-Refetch = Callable[[str, int, Sequence[int]], Awaitable[list[RawMessage]]]
+Refetch = Callable[[str, int, Sequence[int]], Awaitable[Sequence[Message]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class Processor:
             self.durable.pop(p, None)
             self.progressed_at.pop(p, None)
 
-    async def prepare(self, messages: Sequence[RawMessage]) -> Prepared | None:
+    async def prepare(self, messages: Sequence[Message]) -> Prepared | None:
         """Plan a batch: pure work, which may run while the previous batch commits.
 
         The offset guard and the watermarks move on at once (the next batch
@@ -211,7 +211,7 @@ class Processor:
                 capped[tp] = min(offset, durable)
         return capped
 
-    async def _fill_holes(self, messages: Sequence[RawMessage]) -> Sequence[RawMessage]:
+    async def _fill_holes(self, messages: Sequence[Message]) -> Sequence[Message]:
         """Read offsets the batch skips (not yet durable) from Kafka, so none is passed over."""
         if self._refetch is None:
             return messages

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.batch import RawMessage, split_into_lanes
+from pipeline.batch import Message, split_into_lanes
 from pipeline.deadletters import DeadLetterPublisher
 from pipeline.dedup_state import DedupState
 from pipeline.errors import PipelineError
@@ -118,7 +118,7 @@ async def _consume(
     stopping: asyncio.Event,
 ) -> None:
     """Takes are fetched in a task of their own while the previous one is planned (as Faust)."""
-    takes: asyncio.Queue[list[RawMessage]] = asyncio.Queue(maxsize=1)
+    takes: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=1)
 
     async def fetch() -> None:
         while True:
@@ -142,16 +142,16 @@ async def _consume(
             await fetching
 
 
-async def _take(consumer: AIOKafkaConsumer, limit: int, within_s: float) -> list[RawMessage]:
+async def _take(consumer: AIOKafkaConsumer, limit: int, within_s: float) -> list[Message]:
     """Up to ``limit`` messages: what is fetched already, waiting at most ``within_s`` for any."""
-    batch: list[RawMessage] = []
+    batch: list[Message] = []
     timeout_ms = int(within_s * 1000)
     while len(batch) < limit:
         fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - len(batch))
         if not fetched:
             break
-        for tp, records in fetched.items():
-            batch.extend(RawMessage(tp.topic, tp.partition, m.offset, m.value) for m in records)
+        for records in fetched.values():
+            batch.extend(records)
         timeout_ms = 0  # take what else is buffered, without waiting for more
     return batch
 
