@@ -237,10 +237,15 @@ async def _gateway_scenario(base: Settings) -> dict[str, Any]:
     return await bench_gateway(s, log_file=BENCH_DIR / "gateway.log")
 
 
+def _on_database(dsn: str, name: str) -> str:
+    """``dsn`` with its database replaced by ``name``."""
+    return dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
 async def _drop(s: Settings) -> None:
     """Drop a scenario's database: the next one starts on a server without its pages."""
     dsn = s.require_database_url()
-    admin = await asyncpg.connect(dsn.rsplit("/", 1)[0] + "/postgres")
+    admin = await asyncpg.connect(_on_database(dsn, "postgres"))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
     finally:
@@ -254,7 +259,7 @@ async def _fresh(base: Settings, name: str) -> Settings:
         await admin.execute(f'CREATE DATABASE "bench_{tag}"')
     finally:
         await admin.close()
-    dsn = base.require_database_url().rsplit("/", 1)[0] + f"/bench_{tag}"
+    dsn = _on_database(base.require_database_url(), f"bench_{tag}")
     await apply_migrations(dsn)
     s = base.with_overrides(
         database_url=dsn,

@@ -4,9 +4,10 @@
 Faust itself costs on the machine at hand. It does the same job with the same
 code: the same planning (``Processor.prepare``: decode, validate, dedup,
 hourly buckets), the same sink transaction (``Sink`` and ``sql``), the same
-write-behind lanes and the same DLQ publisher. Only the intake differs: an
-``AIOKafkaConsumer.getmany`` loop takes the place of Faust's consumer thread,
-conductor and stream, and the dedup state is a plain dict (no changelog topic).
+write-behind lanes and the same connections (``Runtime``: pool, DLQ producer,
+refetch consumer). Only the intake differs: an ``AIOKafkaConsumer.getmany``
+loop takes the place of Faust's consumer thread, conductor and stream, and the
+dedup state is a plain dict (no changelog topic).
 
 It is a measuring stick, not a worker to run in production: its partitions
 are assigned statically (``--index`` of ``--of`` processes, no consumer group
@@ -25,17 +26,16 @@ import signal
 import time
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.batch import Message, split_into_lanes
-from pipeline.deadletters import DeadLetterPublisher
 from pipeline.dedup_state import DedupState
 from pipeline.errors import PipelineError
 from pipeline.logs import configure
 from pipeline.processor import Processor
+from pipeline.runtime import Runtime
 from pipeline.settings import Settings
-from pipeline.sink import Sink, load_progress
+from pipeline.sink import Sink
 from pipeline.writebehind import WriteBehind
 
 __all__ = ["run_reference", "partitions_of"]
@@ -70,16 +70,14 @@ def run_reference(settings: Settings, index: int, processes: int) -> int:
 
 async def _run(settings: Settings, partitions: list[int]) -> None:
     s = settings
-    pool = await asyncpg.create_pool(
-        s.require_database_url(), min_size=1, max_size=s.sink_lanes + 1, command_timeout=60
+    runtime = Runtime(s)  # the worker's pool, DLQ producer and refetch consumer
+    processor = Processor(
+        s,
+        Sink(runtime.pool, s.db_retry_max_seconds),
+        DedupState(_DictTable(), s.dedup_capacity),
+        runtime.dlq.publish,
+        refetch=runtime.refetcher.fetch,
     )
-
-    async def get_pool() -> asyncpg.Pool:
-        return pool
-
-    dlq = DeadLetterPublisher(s)
-    sink = Sink(get_pool, s.db_retry_max_seconds)
-    processor = Processor(s, sink, DedupState(_DictTable(), s.dedup_capacity), dlq.publish)
     write_behind = WriteBehind(processor, on_fatal=_fatal, lanes=s.sink_lanes)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap_servers,
@@ -96,7 +94,7 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
     try:
         tps = [TopicPartition(s.events_topic, p) for p in partitions]
         consumer.assign(tps)
-        starts = processor.on_assigned(partitions, await load_progress(pool, s.events_topic))
+        starts = processor.on_assigned(partitions, await runtime.durable_progress(60.0))
         for tp in tps:
             consumer.seek(tp, starts[tp.partition])
         log.info("reference loop reading", extra={"partitions": partitions})
@@ -106,8 +104,7 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
         with contextlib.suppress(Exception):
             await _commit_durable(consumer, processor, s.events_topic)
         await consumer.stop()
-        await dlq.close()
-        await pool.close()
+        await runtime.close()
 
 
 async def _consume(
