@@ -1,6 +1,6 @@
 """One batch, start to end: plan → dead letters → sink → state, in that order.
 
-The Faust agent hands each ``take_events`` batch here: :meth:`Processor.prepare`
+The Faust agent hands each take (``delivery.take_records``) here: :meth:`Processor.prepare`
 plans it (CPU work, which overlaps the previous batch's transaction) and
 :meth:`Processor.commit` makes it durable, batches strictly in order. The
 Faust dedup state and the durable offsets change only AFTER the sink

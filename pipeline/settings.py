@@ -69,7 +69,8 @@ class Settings:
     batch_bytes: int = 4 * 1024 * 1024
     # Transactions a worker commits at once, on disjoint partitions (one connection each).
     sink_lanes: int = 2
-    # Messages fetched ahead of the agent; memory grows by this times the average message size.
+    # Messages fetched ahead of the agent (in runs of records, delivery.py); memory grows
+    # by about this times the average message size.
     buffer_messages: int = 16_384
     # Event time: an hour is complete once every active partition's watermark
     # passed hour end + grace; a partition idle this long stops holding it back.

@@ -87,7 +87,7 @@ class WriteBehind:
         try:
             await self._processor.commit(prepared, abandon)
         except Abandoned:
-            # take_events acked these already; the durable offsets in PostgreSQL
+            # the take acked these already; the durable offsets in PostgreSQL
             # make the next owner (or this worker, after its seek) re-read them.
             log.warning("batch abandoned", extra={"messages": prepared.messages})
             return False

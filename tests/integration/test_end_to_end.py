@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.reconcile import reconcile, rollups_as_rows, wait_until_processed
 from pipeline.settings import Settings
@@ -90,6 +90,26 @@ async def _dlq_messages(settings: Settings, expected: int) -> list[Any]:
     return got
 
 
+async def _wait_kafka_committed(settings: Settings, end_offsets: dict[int, int]) -> None:
+    group = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.app_id,
+        enable_auto_commit=False,
+    )
+    await group.start()
+    try:
+
+        async def at_end() -> bool:
+            for p, end in end_offsets.items():
+                if await group.committed(TopicPartition(settings.events_topic, p)) != end:
+                    return False
+            return True
+
+        await wait_for(at_end, 30, f"the group's Kafka commits reaching {end_offsets}")
+    finally:
+        await group.stop()
+
+
 def _source(message: Any) -> bytes:
     return dict(message.headers)["dlq.source"]
 
@@ -104,6 +124,8 @@ async def test_load_of_single_event_messages(settings: Settings, workers: Worker
     dlq = await _dlq_messages(settings, sum(workload.invalid.values()))
     reasons = {dict(m.headers)["dlq.reason"].decode() for m in dlq}
     assert reasons == set(workload.invalid)
+    # Faust, fed runs of records (delivery.py), commits the group's offsets to the end.
+    await _wait_kafka_committed(settings, receipt.end_offsets)
     assert worker.proc.poll() is None, worker.tail()
 
 
