@@ -92,7 +92,7 @@ class PipelineApp(faust.App):
         consumer: Any = super()._new_consumer()
         eager.install(consumer)  # per-message delivery without four tasks per message
         consumer.callback = eager.unlocked_on_message(self.topics)
-        # The events topic a run of records per message (delivery.py).
+        # The events topic as runs of records: one message per partition and fetch (delivery.py).
         consumer.getmany = delivery.batched_getmany(consumer, self.runtime.settings.events_topic)
         kafka_committed = consumer.seek_to_committed
 

@@ -75,8 +75,9 @@ async def test_the_events_topic_comes_a_run_per_partition_other_topics_record_by
 
 
 async def test_inactive_partitions_are_held_back_unless_buffered() -> None:
-    p0, p1, p2 = TP(EVENTS, 0), TP(EVENTS, 1), TP(EVENTS, 2)
-    consumer = FakeConsumer({p0: [record(0, 1)], p1: [record(1, 1)], p2: []}, active={p0})
+    p0, p1, p2, p3 = TP(EVENTS, 0), TP(EVENTS, 1), TP(EVENTS, 2), TP(EVENTS, 3)
+    fetched = {p0: [record(0, 1)], p1: [record(1, 1)], p2: [record(2, 1)], p3: []}
+    consumer = FakeConsumer(fetched, active={p0, p3})
     consumer._buffered_partitions = {p1}
     got = await collect(delivery.batched_getmany(consumer, EVENTS)(timeout=1.0))
     assert [tp for tp, _ in got] == [p0, p1]
