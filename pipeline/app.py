@@ -19,8 +19,8 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from pipeline import delivery, eager
-from pipeline.batch import Message, split_into_lanes
+from pipeline import consumer, delivery
+from pipeline.batch import FetchedRun, split_runs
 from pipeline.dedup_state import DedupState
 from pipeline.processor import Processor
 from pipeline.runtime import Runtime
@@ -34,6 +34,8 @@ __all__ = ["PipelineApp", "create_app"]
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70  # EX_SOFTWARE: a supervisor restarts the worker
+# Fault injection for the tests: delay each seek to the durable offsets by this long.
+_SEEK_DELAY_S = float(os.environ.get("PIPELINE_TEST_SEEK_DELAY_S", "0") or 0)
 
 
 class Intake:
@@ -49,13 +51,13 @@ class Intake:
     def __init__(self, app: PipelineApp, settings: Settings) -> None:
         self._app = app
         self._settings = settings
-        self._queue: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[list[FetchedRun]] = asyncio.Queue(maxsize=1)
         self._task: asyncio.Task[None] | None = None
 
-    async def put(self, messages: list[Message]) -> None:
+    async def put(self, runs: list[FetchedRun]) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        await self._queue.put(messages)
+        await self._queue.put(runs)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -67,8 +69,8 @@ class Intake:
         app, s = self._app, self._settings
         try:
             while True:
-                messages = await self._queue.get()
-                for chunk in split_into_lanes(messages, s.sink_lanes, s.batch_bytes):
+                runs = await self._queue.get()
+                for chunk in split_runs(runs, s.sink_lanes, s.batch_bytes):
                     prepared = await app.processor.prepare(chunk)
                     if prepared is not None:
                         abandon = _abandon_check(app, set(prepared.plan.progress), s.events_topic)
@@ -88,74 +90,36 @@ class PipelineApp(faust.App):
     write_behind: WriteBehind
     intake: Intake
 
-    def _new_consumer(self) -> Any:
-        consumer: Any = super()._new_consumer()
-        eager.install(consumer)  # per-message delivery without four tasks per message
-        consumer.callback = eager.unlocked_on_message(self.topics)
-        # The events topic as runs of records: one message per partition and fetch (delivery.py).
-        consumer.getmany = delivery.batched_getmany(consumer, self.runtime.settings.events_topic)
-        kafka_committed = consumer.seek_to_committed
+    def _new_transport(self) -> Any:
+        return consumer.new_transport(self)  # its Consumer is consumer.DurableConsumer
 
-        # After each rebalance Faust seeks every partition to its Kafka-committed
-        # offset and reads from there (perform_seek). PostgreSQL's record must win
-        # (DESIGN.md), so the seek answers with the durable offsets instead: Faust
-        # then sets its own read positions from them, even when two perform_seek
-        # calls interleave.
-        async def seek_to_committed() -> dict[TP, int]:
-            offsets = dict(await kafka_committed())
-            offsets.update(await self._seek_to_durable(consumer))
-            return offsets
+    async def seek_to_durable(self, only: set[int] | None = None) -> dict[TP, int]:
+        """Seek the events topic's assigned partitions to their durable offsets.
 
-        consumer.seek_to_committed = seek_to_committed
-
-        # Faust calls perform_seek from recovery and from its fetch loop; two
-        # interleaved calls can leave a partition at Kafka's committed offset
-        # with the flow running. One at a time.
-        faust_perform_seek = consumer.perform_seek
-        seek_lock = asyncio.Lock()
-
-        async def perform_seek() -> None:
-            async with seek_lock:
-                await faust_perform_seek()
-
-        consumer.perform_seek = perform_seek
-
-        # Faust stops the message flow on a rebalance only when partitions were
-        # assigned before; on the first assignment it keeps handing out messages
-        # from Kafka's committed offsets until recovery seeks. Stop it on every
-        # assignment: recovery resumes it after the seek to the durable offsets.
-        faust_assigned = consumer.on_partitions_assigned
-
-        async def on_partitions_assigned(assigned: set[TP], generation_id: int = 0) -> None:
-            consumer.stop_flow()
-            await faust_assigned(assigned, generation_id)
-
-        consumer.on_partitions_assigned = on_partitions_assigned
-
-        # Faust commits what the agent acked. A batch is acked when the agent
-        # takes the next one, which can be before its transaction committed
-        # (write-behind) and, around rebalances, past events never processed
-        # (DESIGN.md, traps): commit at most PostgreSQL's durable offsets.
-        faust_committable = consumer._filter_committable_offsets
+        Each partition's baseline is its durable row in PostgreSQL, or the log
+        start when it has none; a partition whose durable offset lies outside
+        the broker's log is stopped instead (``Processor.stopped``). Runs
+        fetched before these seeks are stale (``Processor.prepare`` drops them).
+        """
+        kafka: Any = self.consumer
         topic = self.runtime.settings.events_topic
-
-        def filter_committable_offsets(tps: Any) -> dict[TP, int]:
-            return self.processor.cap_commits(topic, faust_committable(tps))
-
-        consumer._filter_committable_offsets = filter_committable_offsets
-        return consumer
-
-    async def _seek_to_durable(self, consumer: Any) -> dict[TP, int]:
-        topic = self.runtime.settings.events_topic
-        tps = [tp for tp in consumer.assignment() if tp.topic == topic]
+        tps = [
+            tp
+            for tp in kafka.assignment()
+            if tp.topic == topic and (only is None or tp.partition in only)
+        ]
         if not tps:
             return {}
-        durable = await self.runtime.durable_progress(deadline_s=60.0)
-        starts = self.processor.on_assigned([tp.partition for tp in tps], durable)
-        offsets = {tp: starts[tp.partition] for tp in tps if tp in consumer.assignment()}
-        # In the consumer's own thread (seek_wait): seeking from this thread races
-        # with its fetcher (KeyError in aiokafka's fetcher, a crashed worker).
-        await consumer.seek_wait(offsets)
+        partitions = [tp.partition for tp in tps]
+        durable, logs = await self.runtime.assignment_state(partitions)
+        starts = self.processor.on_assigned(partitions, durable, logs)
+        offsets = {tp: starts[tp.partition] for tp in tps if tp.partition in starts}
+        if _SEEK_DELAY_S:  # fault injection (tests): runs fetched meanwhile are stale
+            await asyncio.sleep(_SEEK_DELAY_S)
+        # In the consumer's own thread: seeking from this thread races with its
+        # fetcher (KeyError in aiokafka's fetcher, a crashed worker).
+        epochs = await kafka.seek_durable(offsets)
+        self.processor.on_positioned({tp.partition: e for tp, e in epochs.items()}, starts)
         log.info(
             "seeking to durable offsets",
             extra={"partitions": {tp.partition: o for tp, o in offsets.items()}},
@@ -230,6 +194,7 @@ def _credentials(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings) -> PipelineApp:
+    consumer.check_faust_version()
     settings.require_database_url()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = PipelineApp(settings.app_id, **_faust_options(settings))
@@ -244,7 +209,7 @@ def create_app(settings: Settings) -> PipelineApp:
     dedup = DedupState(table, settings.dedup_capacity)
     sink = Sink(app.runtime.pool, settings.db_retry_max_seconds)
     app.processor = Processor(
-        settings, sink, dedup, app.runtime.dlq.publish, refetch=app.runtime.refetcher.fetch
+        settings, sink, dedup, app.runtime.dlq.publish, refetch=app.runtime.broker_log.read
     )
 
     app.write_behind = WriteBehind(app.processor, on_fatal=_die, lanes=settings.sink_lanes)
@@ -268,9 +233,9 @@ def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> No
     async def process_events(stream: faust.Stream[bytes]) -> None:
         takes = delivery.take_records(stream, settings.batch_max, settings.batch_seconds)
         async for events in takes:
-            # aiokafka's records, as fetched: planning reads their topic,
-            # partition, offset and value.
-            await app.intake.put([r for e in events for r in e.message.records])
+            # The runs of records as fetched (delivery.RecordRun): planning reads
+            # their records and what their fetch proved.
+            await app.intake.put([e.message for e in events])
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:

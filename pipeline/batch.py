@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pipeline.codec import decode_message
 from pipeline.dedup import first_of_each_key
@@ -19,13 +19,16 @@ from pipeline.window import is_revision, time_verdict
 
 __all__ = [
     "BatchPlan",
+    "FetchedRun",
     "Limits",
     "PartitionProgress",
     "Message",
     "RawMessage",
+    "Run",
     "plan_batch",
     "split_by_bytes",
     "split_into_lanes",
+    "split_runs",
     "state_key",
 ]
 
@@ -54,6 +57,41 @@ class RawMessage:
     partition: int
     offset: int
     value: bytes | None
+
+
+class FetchedRun(Protocol):
+    """One partition's records from one fetch, with what the fetch proved.
+
+    ``fetched_to`` is the consumer's fetch position right after these records:
+    every offset from the first record's up to it is either among ``records``
+    or absent from the log (a control marker, an aborted or compacted record).
+    ``epoch`` counts the seeks of the partition before the fetch: a run from
+    before the worker's seek to the durable offset is stale.
+    """
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def records(self) -> Sequence[Message]: ...
+    @property
+    def fetched_to(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A :class:`FetchedRun` built by hand (the reference loop, tests)."""
+
+    partition: int
+    records: Sequence[Message]
+    fetched_to: int
+    epoch: int = 0
+
+    @classmethod
+    def of(cls, records: Sequence[Message], epoch: int = 0) -> Run:
+        """The run of ``records`` (one partition, in offset order) that proves nothing more."""
+        return cls(records[0].partition, records, records[-1].offset + 1, epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,17 +193,7 @@ def split_by_bytes(messages: Sequence[Message], limit: int) -> list[Sequence[Mes
     transaction it would hold the next take back for seconds. Chunks keep
     transactions short and let the next chunk be planned while one commits.
     """
-    chunks: list[Sequence[Message]] = []
-    start = size = 0
-    for i, msg in enumerate(messages):
-        length = len(msg.value) if msg.value else 0
-        if size and size + length > limit:
-            chunks.append(messages[start:i])
-            start, size = i, 0
-        size += length
-    if start < len(messages):
-        chunks.append(messages[start:])
-    return chunks
+    return _chunks(messages, _value_bytes, limit)
 
 
 def split_into_lanes(
@@ -180,13 +208,65 @@ def split_into_lanes(
     transaction stays one: cutting it would only add transactions (single-event
     messages, drain: 11.3k -> 9.9k events/s when cut).
     """
-    if lanes <= 1 or sum(len(m.value) if m.value else 0 for m in messages) <= limit:
-        return split_by_bytes(messages, limit)
-    group_of = {p: i % lanes for i, p in enumerate(sorted({m.partition for m in messages}))}
-    groups: list[list[Message]] = [[] for _ in range(lanes)]
-    for m in messages:
-        groups[group_of[m.partition]].append(m)
-    cut = [split_by_bytes(g, limit) for g in groups if g]
+    return _lanes(messages, _value_bytes, lanes, limit)
+
+
+def split_runs(runs: Sequence[FetchedRun], lanes: int, limit: int) -> list[Sequence[FetchedRun]]:
+    """:func:`split_into_lanes` for runs: a run larger than ``limit`` is cut into runs.
+
+    Each piece of a cut run proves up to the next piece's first offset; the
+    last keeps the run's ``fetched_to``.
+    """
+    pieces: list[FetchedRun] = []
+    for run in runs:
+        parts = split_by_bytes(run.records, limit)
+        for i, part in enumerate(parts):
+            end = parts[i + 1][0].offset if i + 1 < len(parts) else run.fetched_to
+            pieces.append(run if len(parts) == 1 else Run(run.partition, part, end, run.epoch))
+    return _lanes(pieces, _run_bytes, lanes, limit)
+
+
+class _Partitioned(Protocol):
+    @property
+    def partition(self) -> int: ...
+
+
+T = TypeVar("T")
+P = TypeVar("P", bound=_Partitioned)
+
+
+def _value_bytes(m: Message) -> int:
+    return len(m.value) if m.value else 0
+
+
+def _run_bytes(run: FetchedRun) -> int:
+    return sum(len(m.value) if m.value else 0 for m in run.records)
+
+
+def _chunks(items: Sequence[T], size: Callable[[T], int], limit: int) -> list[Sequence[T]]:
+    chunks: list[Sequence[T]] = []
+    start = total = 0
+    for i, item in enumerate(items):
+        length = size(item)
+        if total and total + length > limit:
+            chunks.append(items[start:i])
+            start, total = i, 0
+        total += length
+    if start < len(items):
+        chunks.append(items[start:])
+    return chunks
+
+
+def _lanes(
+    items: Sequence[P], size: Callable[[P], int], lanes: int, limit: int
+) -> list[Sequence[P]]:
+    if lanes <= 1 or sum(size(i) for i in items) <= limit:
+        return _chunks(items, size, limit)
+    group_of = {p: i % lanes for i, p in enumerate(sorted({i.partition for i in items}))}
+    groups: list[list[P]] = [[] for _ in range(lanes)]
+    for item in items:
+        groups[group_of[item.partition]].append(item)
+    cut = [_chunks(g, size, limit) for g in groups if g]
     return [c[i] for i in range(max((len(c) for c in cut), default=0)) for c in cut if i < len(c)]
 
 

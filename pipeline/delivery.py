@@ -27,17 +27,39 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from mode.utils.futures import notify
 
-__all__ = ["RecordRun", "batched_getmany", "run_of", "take_records"]
+__all__ = ["Fetched", "RecordRun", "getmany_runs", "run_of", "take_records"]
 
 log = logging.getLogger(__name__)
 
 
-class RecordRun(ConsumerMessage):
-    """One partition's consecutive records from one fetch, as one Faust message."""
+class Fetched(list[Any]):
+    """One partition's records of one drain of the fetcher, stamped in the consumer's thread.
 
-    __slots__ = ("records",)
+    ``epoch`` is the partition's seek count when they were drained, and
+    ``fetched_to`` the fetch position right after them (see
+    ``batch.FetchedRun``). aiokafka drops what was buffered before a seek, so
+    records drained after it are read from the new position.
+    """
+
+    __slots__ = ("epoch", "fetched_to")
+
+    def __init__(self, records: Sequence[Any], epoch: int, fetched_to: int) -> None:
+        super().__init__(records)
+        self.epoch = epoch
+        self.fetched_to = fetched_to
+
+
+class RecordRun(ConsumerMessage):
+    """One partition's consecutive records from one fetch, as one Faust message.
+
+    Also a ``batch.FetchedRun``: what the processor plans.
+    """
+
+    __slots__ = ("epoch", "fetched_to", "records")
 
     records: Sequence[Any]
+    epoch: int
+    fetched_to: int
 
 
 def run_of(tp: TP, records: Sequence[Any], generation_id: int | None) -> RecordRun:
@@ -59,10 +81,14 @@ def run_of(tp: TP, records: Sequence[Any], generation_id: int | None) -> RecordR
         generation_id=generation_id,
     )
     run.records = records
+    if isinstance(records, Fetched):
+        run.epoch, run.fetched_to = records.epoch, records.fetched_to
+    else:
+        run.epoch, run.fetched_to = 0, last.offset + 1
     return run
 
 
-def batched_getmany(consumer: Any, topic: str) -> Callable[..., AsyncIterator[tuple[TP, Any]]]:
+async def getmany_runs(consumer: Any, topic: str, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
     """``consumer.getmany``, yielding one :class:`RecordRun` per partition of ``topic``.
 
     Faust's own (``faust.transport.consumer.Consumer.getmany``) with the same
@@ -70,33 +96,29 @@ def batched_getmany(consumer: Any, topic: str) -> Callable[..., AsyncIterator[tu
     active or buffered partitions are delivered; a stopped flow seeks back.
     """
     app = consumer.app
-
-    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Any]]:
-        records, active = await consumer._wait_next_records(timeout)
-        generation_id = app.consumer_generation_id
-        if records is None or consumer.should_stop:
-            return
-        if not consumer.flow_active:
-            try:
-                await consumer.perform_seek()
-            except Exception as exc:
-                log.warning("seek while the flow is stopped failed", extra={"error": str(exc)})
-            return
-        to_message = consumer._to_message
-        for tp, fetched in records.items():
-            if not consumer.flow_active or app.consumer_generation_id != generation_id:
-                break
-            if not fetched or not (
-                active is None or tp in active or tp in consumer._buffered_partitions
-            ):
-                continue
-            if tp.topic == topic:
-                yield tp, run_of(tp, fetched, generation_id)
-            else:
-                for record in fetched:
-                    yield tp, to_message(tp, record)
-
-    return getmany
+    records, active = await consumer._wait_next_records(timeout)
+    generation_id = app.consumer_generation_id
+    if records is None or consumer.should_stop:
+        return
+    if not consumer.flow_active:
+        try:
+            await consumer.perform_seek()
+        except Exception as exc:
+            log.warning("seek while the flow is stopped failed", extra={"error": str(exc)})
+        return
+    to_message = consumer._to_message
+    for tp, fetched in records.items():
+        if not consumer.flow_active or app.consumer_generation_id != generation_id:
+            break
+        if not fetched or not (
+            active is None or tp in active or tp in consumer._buffered_partitions
+        ):
+            continue
+        if tp.topic == topic:
+            yield tp, run_of(tp, fetched, generation_id)
+        else:
+            for record in fetched:
+                yield tp, to_message(tp, record)
 
 
 def records_in(event: Any) -> int:

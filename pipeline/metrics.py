@@ -174,3 +174,7 @@ class WorkerMetrics:
         self.durable_offset = r.gauge(
             "pipeline_partition_durable_offset", "next offset durable in PostgreSQL, per partition"
         )
+        self.out_of_range = r.gauge(
+            "pipeline_partition_out_of_range",
+            "1 while a partition is stopped: its durable offset lies outside the broker's log",
+        )

@@ -1,118 +1,171 @@
-"""Durable offsets: what the sink recorded in PostgreSQL is where a partition resumes.
+"""The offset rule, and the guard that enforces it per partition. Pure: no I/O.
 
-Faust has been seen to commit Kafka offsets past events it never processed
-(rebalance windows, BROKER_NOTES.md). So on every assignment the worker seeks
-each partition to the ``next_offset`` that the sink committed in PostgreSQL, in
-the same transaction as the events (no record: from the beginning). While
-running, :class:`OffsetGuard` checks that each partition's batches continue
-exactly where the durable offset stands; on a gap it holds the durable offset
-back and asks for one seek to the first missing offset. Pure: no I/O.
+The rule: the durable offset of a partition moves from ``d`` to ``o + 1`` only
+if every offset in ``[d, o]`` was stored, dead-lettered, or proven absent by
+the broker. Proof of absence is a :class:`Span`: a stretch of the log that a
+fetch read through, so each offset in it is either among the records that
+fetch returned or is not in the log as this consumer may read it (a
+transaction's control marker, an aborted record, a compacted one, or below
+the log start).
+
+Every assigned partition has a baseline (:meth:`OffsetGuard.assign`): its
+durable row in PostgreSQL, or the broker's log start when it has none. There
+is no unguarded partition. From the baseline on, the guard keeps the
+*frontier*: the offset up to which the batches planned so far cover the log
+without a hole. A batch that starts past the frontier, or skips offsets
+inside, holds the frontier at the first offset it lacks: the worker reads
+that hole from the broker (``refetch.py``) before planning, and if the
+broker could not prove it either, the durable offset stays there.
+
+A durable offset must lie inside the partition's log ``[log start, log
+end]``: :func:`out_of_range` says when it does not (the topic was recreated,
+a memory-only broker restarted empty, retention passed a stopped group, an
+unclean election truncated the log).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from pipeline.batch import BatchPlan
-
-__all__ = ["OffsetGuard"]
+__all__ = [
+    "LogRange",
+    "OffsetGuard",
+    "Span",
+    "frontier_of",
+    "holes_of",
+    "out_of_range",
+    "spans_of",
+]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """``[start, end)`` of one partition: every offset in it was read or proven absent."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogRange:
+    """What the broker holds of a partition: offsets ``[start, end)``."""
+
+    start: int
+    end: int
+
+
+def out_of_range(durable: int, log: LogRange) -> bool:
+    """A durable offset the partition's log cannot continue from.
+
+    Below the log start, events were deleted before they were stored; above
+    the log end, the log is not the one the offset was recorded against.
+    Filtering "below durable" would then drop every new event silently.
+    """
+    return durable < log.start or durable > log.end
+
+
+def frontier_of(start: int, spans: Iterable[Span]) -> int:
+    """How far ``spans`` cover the log from ``start`` without a hole."""
+    frontier = start
+    for span in sorted(spans, key=lambda s: s.start):
+        if span.start > frontier:
+            break
+        frontier = max(frontier, span.end)
+    return frontier
+
+
+def holes_of(start: int, spans: Iterable[Span]) -> list[Span]:
+    """The stretches from ``start`` up to the last span's end that ``spans`` leave uncovered."""
+    holes: list[Span] = []
+    covered = start
+    for span in sorted(spans, key=lambda s: s.start):
+        if span.start > covered:
+            holes.append(Span(covered, span.start))
+        covered = max(covered, span.end)
+    return holes
+
+
+def spans_of(offsets: Iterable[int]) -> list[Span]:
+    """Runs of consecutive ``offsets`` as spans (each record covers its own offset)."""
+    spans: list[Span] = []
+    for o in sorted(set(offsets)):
+        if spans and spans[-1].end == o:
+            spans[-1] = Span(spans[-1].start, o + 1)
+        else:
+            spans.append(Span(o, o + 1))
+    return spans
+
+
 class OffsetGuard:
+    """Per assigned partition: the frontier of the batches planned so far."""
+
     def __init__(self) -> None:
-        self._expected: dict[int, int] = {}
-        self._pending_seek: dict[int, int] = {}
+        self._frontier: dict[int, int] = {}
+        self._held: dict[int, int] = {}  # partition -> the hole it is held at (logged once)
         self.gaps_seen = 0
 
-    def reset(self, partition: int, next_offset: int | None) -> None:
-        """Set the durable start of a (re)assigned partition."""
-        self._pending_seek.pop(partition, None)
-        if next_offset is None:
-            self._expected.pop(partition, None)
-        else:
-            self._expected[partition] = next_offset
+    def assign(self, partition: int, baseline: int) -> None:
+        """Guard ``partition`` from ``baseline`` (its durable offset, or the log start)."""
+        self._frontier[partition] = baseline
+        self._held.pop(partition, None)
 
-    def resume_at(self, partition: int, durable: int | None) -> int:
-        """Where a partition resumes after a seek; also resets the guard there.
+    def resume_at(self, partition: int, baseline: int) -> int:
+        """Where a (re)assigned partition resumes; guards it from there.
 
-        A partition this worker kept since its last assignment (not forgotten)
-        resumes at the later of its own committed offset and the database's
-        record: Faust may seek twice around one rebalance, and the second read of
-        the database can predate a batch this worker committed in between.
+        A partition this worker kept since its last assignment resumes at the
+        later of its planned frontier and the baseline: Faust may seek twice
+        around one rebalance, and the second read of the database can predate
+        a batch this worker committed in between. Should a batch in flight be
+        given up, :meth:`rewind` takes the frontier back to the durable offset
+        and the next batch finds the hole.
         """
-        own = self._expected.get(partition)
-        start = max(own if own is not None else 0, durable or 0)
-        self.reset(partition, start if (own is not None or durable is not None) else None)
+        start = max(self._frontier.get(partition, baseline), baseline)
+        self.assign(partition, start)
         return start
 
-    def holes(self, offsets: Mapping[int, Iterable[int]]) -> dict[int, list[int]]:
-        """Per partition, the offsets from the durable one up to the batch's last that it lacks."""
-        out: dict[int, list[int]] = {}
-        for partition, offs in offsets.items():
-            expected = self._expected.get(partition)
-            if expected is None:
-                continue
-            have = {o for o in offs if o >= expected}
-            if have:
-                missing = [o for o in range(expected, max(have)) if o not in have]
-                if missing:
-                    out[partition] = missing
-        return out
+    def rewind(self, partition: int, durable: int) -> None:
+        """A planned batch will not commit: the frontier goes back to ``durable``."""
+        if partition in self._frontier:
+            self._frontier[partition] = durable
+            self._held.pop(partition, None)
 
     def forget(self, partitions: Iterable[int]) -> None:
         for p in partitions:
-            self._expected.pop(p, None)
-            self._pending_seek.pop(p, None)
+            self._frontier.pop(p, None)
+            self._held.pop(p, None)
 
-    def check(self, plan: BatchPlan, first_offsets: dict[int, int]) -> dict[int, int]:
-        """Hold back offsets past a gap; return ``{partition: offset}`` to seek to.
+    def frontier(self, partition: int) -> int | None:
+        return self._frontier.get(partition)
 
-        ``first_offsets`` is the smallest offset the batch holds per partition.
+    def holes(self, partition: int, spans: Iterable[Span]) -> list[Span]:
+        """What a batch with ``spans`` lacks from the frontier up to its last offset."""
+        frontier = self._frontier.get(partition)
+        return [] if frontier is None else holes_of(frontier, spans)
+
+    def advance(self, partition: int, spans: Iterable[Span]) -> int:
+        """Move the frontier over ``spans``; return it (the batch's next offset).
+
+        A batch that leaves a hole stops the frontier there: the durable
+        offset stays at the hole (logged once per hole) while the records
+        past it are still written (the sink is idempotent).
         """
-        seeks: dict[int, int] = {}
-        for partition, progress in plan.progress.items():
-            expected = self._expected.get(partition)
-            first = first_offsets[partition]
-            offsets = plan.offsets.get(partition)
-            if expected is None:
-                self._pending_seek.pop(partition, None)
-                continue
-            if offsets is not None:
-                # Offsets below ``expected`` are replays (harmless); those from it
-                # on must run without a hole, or the durable offset stops at it.
-                hold = _first_missing(offsets, expected)
-                ok = hold >= progress.next_offset
-            else:
-                hold = expected
-                ok = first <= expected and progress.contiguous
-            if ok:
-                self._pending_seek.pop(partition, None)
-                continue
-            progress.next_offset = min(progress.next_offset, hold)
-            if self._pending_seek.get(partition) != hold:
+        frontier = self._frontier[partition]
+        spans = list(spans)
+        moved = frontier_of(frontier, spans)
+        if any(s.end > moved for s in spans):
+            if self._held.get(partition) != moved:
+                self._held[partition] = moved
                 self.gaps_seen += 1
-                log.error(
-                    "offset gap", extra={"partition": partition, "expected": hold, "got": first}
-                )
-                self._pending_seek[partition] = hold
-                seeks[partition] = hold
-        return seeks
+                log.error("offset gap", extra={"partition": partition, "held_at": moved})
+        else:
+            self._held.pop(partition, None)
+        self._frontier[partition] = moved
+        return moved
 
-    def advance(self, plan: BatchPlan) -> None:
-        """The next batch continues where ``plan`` ends (after :meth:`check` held gaps back)."""
-        for partition, progress in plan.progress.items():
-            known = self._expected.get(partition, progress.next_offset)
-            self._expected[partition] = max(known, progress.next_offset)
-
-
-def _first_missing(offsets: Iterable[int], start: int) -> int:
-    """The first offset from ``start`` on that ``offsets`` lacks."""
-    nxt = start
-    for o in sorted({o for o in offsets if o >= start}):
-        if o != nxt:
-            break
-        nxt += 1
-    return nxt
+    def held(self) -> dict[int, int]:
+        """Partitions held at a hole: ``{partition: offset}``."""
+        return dict(self._held)

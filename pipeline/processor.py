@@ -1,7 +1,10 @@
 """One batch, start to end: plan → dead letters → sink → state, in that order.
 
-The Faust agent hands each take (``delivery.take_records``) here: :meth:`Processor.prepare`
-plans it (CPU work, which overlaps the previous batch's transaction) and
+The Faust agent hands each take (``delivery.take_records``) here, as runs of
+records with what their fetch proved (``batch.FetchedRun``):
+:meth:`Processor.prepare` keeps the runs fetched after the partition's seek
+to its durable offset, reads the holes they leave from the broker, and plans
+them (CPU work, which overlaps the previous batch's transaction), and
 :meth:`Processor.commit` makes it durable, batches strictly in order. The
 Faust dedup state and the durable offsets change only AFTER the sink
 transaction committed: a key marked seen before its write is durable would turn
@@ -19,22 +22,46 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.batch import BatchPlan, Limits, Message, plan_batch, state_key
+from pipeline.batch import (
+    BatchPlan,
+    FetchedRun,
+    Limits,
+    Message,
+    PartitionProgress,
+    plan_batch,
+    state_key,
+)
 from pipeline.dedup_state import DedupState
 from pipeline.events import DeadLetter
 from pipeline.metrics import WorkerMetrics
-from pipeline.offsets import OffsetGuard
+from pipeline.offsets import LogRange, OffsetGuard, Span, out_of_range
 from pipeline.settings import Settings
 from pipeline.sink import Abandoned, Sink, WriteResult
 
-__all__ = ["Prepared", "Processor"]
+__all__ = ["OutOfRange", "Prepared", "Processor"]
 
 log = logging.getLogger(__name__)
 
 TP = Any  # a Kafka topic-partition with .topic and .partition (Faust's TP)
 
 PublishDead = Callable[[Sequence[DeadLetter], Callable[[], bool]], Awaitable[None]]
-Refetch = Callable[[str, int, Sequence[int]], Awaitable[Sequence[Message]]]
+# (topic, partition, start, end) -> (records in [start, end), how far the read proved)
+Refetch = Callable[[str, int, int, int], Awaitable[tuple[Sequence[Message], int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfRange:
+    """A partition stopped because its durable offset lies outside the broker's log."""
+
+    partition: int
+    durable: int
+    log: LogRange
+
+    def describe(self) -> str:
+        return (
+            f"partition {self.partition}: durable offset {self.durable} is outside the "
+            f"broker's log [{self.log.start}, {self.log.end}]"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,71 +102,107 @@ class Processor:
         # Per partition: the durable next offset and when it last moved (liveness).
         self.durable: dict[int, int] = {}
         self.progressed_at: dict[int, float] = {}
-        # Partitions positioned at their durable offset since their assignment.
-        # Faust can hand out messages read from Kafka's committed offset before
-        # that seek; they are skipped here and read again from the durable offset.
-        self.positioned: set[int] = set()
+        # Per partition positioned at its durable offset since its assignment:
+        # (the seek's epoch, where it seeked to). Runs fetched before that seek
+        # (older epoch) are stale and never reach the sink.
+        self._positioned: dict[int, tuple[int, int]] = {}
+        # Partitions assigned but stopped: durable offset outside the broker's log.
+        self.stopped: dict[int, OutOfRange] = {}
 
     @property
     def sink_busy_retrying(self) -> bool:
         return self._sink.retrying
 
+    @property
+    def positioned(self) -> set[int]:
+        return set(self._positioned)
+
     def on_assigned(
-        self, partitions: Iterable[int], durable: Mapping[int, tuple[int, int | None]]
+        self,
+        partitions: Iterable[int],
+        durable: Mapping[int, tuple[int, int | None]],
+        logs: Mapping[int, LogRange],
     ) -> dict[int, int]:
-        """Reset per-partition state from PostgreSQL's record; return where each resumes."""
+        """Reset per-partition state from PostgreSQL's record; return where each resumes.
+
+        Every partition gets a baseline: its durable row, or the log start
+        when it has none. A durable offset outside the broker's log (``logs``)
+        stops the partition (:attr:`stopped`): it gets no start, so it is not
+        read, planned or committed until an operator resets it.
+        """
         self.metrics.rebalances.inc()
         now = time.monotonic()
         starts: dict[int, int] = {}
         for p in partitions:
+            self._positioned.pop(p, None)
             next_offset, watermark = durable.get(p, (None, None))
+            log_range = logs[p]
+            baseline = log_range.start if next_offset is None else next_offset
+            if out_of_range(baseline, log_range):
+                self._stop(OutOfRange(p, baseline, log_range))
+                continue
+            self._unstop(p)
             # A partition kept since its last assignment resumes where this worker
-            # planned up to (Faust may seek twice around one rebalance, with a
-            # batch committing in between); should that batch be given up,
-            # discard() rolls the guard back to the durable offset and the gap
-            # is read again. The durable offset itself is only ever what
-            # PostgreSQL holds.
-            starts[p] = self.guard.resume_at(p, next_offset)
-            self.durable[p] = max(self.durable.get(p, 0), next_offset or 0)
+            # planned up to (see OffsetGuard.resume_at). The durable offset itself
+            # is only ever what PostgreSQL holds, or the log start.
+            starts[p] = self.guard.resume_at(p, baseline)
+            self.durable[p] = max(self.durable.get(p, baseline), baseline)
             durable_wm = _later(self._durable_watermarks.get(p), watermark)
             self._durable_watermarks[p] = durable_wm
             self._watermarks[p] = _later(self._watermarks.get(p), durable_wm)
             self.progressed_at[p] = now
-            self.positioned.add(p)
         return starts
+
+    def on_positioned(self, epochs: Mapping[int, int], starts: Mapping[int, int]) -> None:
+        """The seeks to ``starts`` landed, as seek number ``epochs[p]`` of each partition."""
+        for p, epoch in epochs.items():
+            if p in starts and p not in self.stopped:
+                self._positioned[p] = (epoch, starts[p])
 
     def on_revoked(self, partitions: Iterable[int]) -> None:
         parts = list(partitions)
-        self.positioned.difference_update(parts)
         self.guard.forget(parts)
         self._dedup.forget_partitions(parts)
         for p in parts:
+            self._positioned.pop(p, None)
+            self._unstop(p)
             self._watermarks.pop(p, None)
             self._durable_watermarks.pop(p, None)
             self.durable.pop(p, None)
             self.progressed_at.pop(p, None)
 
-    async def prepare(self, messages: Sequence[Message]) -> Prepared | None:
+    def _stop(self, stop: OutOfRange) -> None:
+        p = stop.partition
+        self.stopped[p] = stop
+        self.guard.forget([p])
+        self.durable.pop(p, None)
+        self.metrics.out_of_range.set(1, partition=str(p))
+        log.error(
+            "durable offset out of range: partition stopped until an operator resets it "
+            "(python -m pipeline reset-offsets --to earliest|latest)",
+            extra={
+                "partition": p,
+                "durable_offset": stop.durable,
+                "log_start": stop.log.start,
+                "log_end": stop.log.end,
+            },
+        )
+
+    def _unstop(self, partition: int) -> None:
+        if self.stopped.pop(partition, None) is not None:
+            self.metrics.out_of_range.set(0, partition=str(partition))
+
+    async def prepare(self, runs: Sequence[FetchedRun]) -> Prepared | None:
         """Plan a batch: pure work, which may run while the previous batch commits.
 
         The offset guard and the watermarks move on at once (the next batch
         continues from this one); the dedup state and the durable offsets only
         after :meth:`commit`. Batches must be committed in the order prepared.
         """
-        # Skip what PostgreSQL already holds (Faust re-delivers offsets before
-        # and after rebalances) and partitions not yet positioned.
-        durable, positioned = self.durable, self.positioned
-        wanted = [
-            m
-            for m in messages
-            if m.partition in positioned and m.offset >= durable.get(m.partition, 0)
-        ]
-        if len(wanted) < len(messages):
-            self.metrics.skipped.inc(len(messages) - len(wanted))
-            messages = wanted
-            if not messages:
-                return None
-        messages = await self._fill_holes(messages)
+        messages, spans = self._admit(runs)
+        if not spans:
+            return None
+        messages = await self._fill_holes(runs[0].records[0].topic, messages, spans)
         first_offsets: dict[int, int] = {}
         for m in messages:
             if m.offset < first_offsets.get(m.partition, m.offset + 1):
@@ -158,18 +221,66 @@ class Processor:
             self._dedup.seen,
             _hand_over_gil,
         )
-        if not set(plan.progress) <= self.positioned:
+        if not set(spans) <= set(self._positioned):
             # Revoked while it was planned: its new owner reads it; nothing moved yet.
             self.metrics.skipped.inc(len(messages))
             return None
-        seeks = self.guard.check(plan, first_offsets)
-        self.metrics.offset_gaps.inc(len(seeks))
-        self.guard.advance(plan)
-        for p, progress in plan.progress.items():
+        plan.topic = plan.topic or runs[0].records[0].topic
+        self._advance(plan, spans)
+        held = {p: o for p, o in self.guard.held().items() if p in spans}
+        self.metrics.offset_gaps.inc(len(held))
+        return Prepared(plan, first_offsets, len(messages), held)
+
+    def _admit(self, runs: Sequence[FetchedRun]) -> tuple[list[Message], dict[int, list[Span]]]:
+        """The records to plan, and per partition the spans its runs prove.
+
+        Runs of partitions not positioned, or fetched before the seek to the
+        durable offset, are skipped (read again from it); so are records that
+        PostgreSQL already holds (Faust re-delivers offsets around rebalances).
+        """
+        messages: list[Message] = []
+        spans: dict[int, list[Span]] = {}
+        skipped = 0
+        for run in runs:
+            p, records = run.partition, run.records
+            positioned = self._positioned.get(p)
+            if not records or positioned is None or run.epoch < positioned[0]:
+                skipped += len(records)
+                continue
+            if run.fetched_to <= positioned[1]:
+                # Read after the seek, yet behind where it seeked: the consumer's
+                # position was reset backwards, so the log is not the one the
+                # durable offset was recorded against.
+                seen = LogRange(records[0].offset, run.fetched_to)
+                self._stop(OutOfRange(p, positioned[1], seen))
+                self._positioned.pop(p, None)
+                skipped += len(records)
+                continue
+            durable = self.durable[p]
+            kept = [m for m in records if m.offset >= durable]
+            skipped += len(records) - len(kept)
+            messages.extend(kept)
+            spans.setdefault(p, []).append(Span(records[0].offset, run.fetched_to))
+        if skipped:
+            self.metrics.skipped.inc(skipped)
+        return messages, spans
+
+    def _advance(self, plan: BatchPlan, spans: Mapping[int, list[Span]]) -> None:
+        """Each partition's next offset is the guard's frontier (the offset rule)."""
+        for p, partition_spans in spans.items():
+            frontier = self.guard.advance(p, partition_spans)
+            progress = plan.progress.get(p)
+            if progress is None:
+                if frontier <= self.durable[p]:
+                    continue
+                # Only absent offsets (a trailing control marker) or replays: the
+                # durable offset still moves over what the broker proved absent.
+                progress = PartitionProgress(frontier, self._watermarks.get(p))
+                plan.progress[p] = progress
+            progress.next_offset = frontier
             wm = self._watermarks.get(p)
             if progress.watermark_us is not None and (wm is None or progress.watermark_us > wm):
                 self._watermarks[p] = progress.watermark_us
-        return Prepared(plan, first_offsets, len(messages), seeks)
 
     async def commit(self, prepared: Prepared, abandon: Callable[[], bool]) -> None:
         """Dead letters to the DLQ topic and the one sink transaction, then the state.
@@ -198,7 +309,7 @@ class Processor:
         """Forget a planned batch that will not commit: its partitions go back to durable."""
         for p in prepared.plan.progress:
             if p in self.durable:
-                self.guard.reset(p, self.durable[p])
+                self.guard.rewind(p, self.durable[p])
                 self._watermarks[p] = self._durable_watermarks.get(p)
 
     def cap_commits(self, topic: str, offsets: Mapping[TP, int]) -> dict[TP, int]:
@@ -211,25 +322,33 @@ class Processor:
                 capped[tp] = min(offset, durable)
         return capped
 
-    async def _fill_holes(self, messages: Sequence[Message]) -> Sequence[Message]:
-        """Read offsets the batch skips (not yet durable) from Kafka, so none is passed over."""
+    async def _fill_holes(
+        self, topic: str, messages: list[Message], spans: dict[int, list[Span]]
+    ) -> list[Message]:
+        """Read from the broker what the runs skip past the frontier, so none is passed over."""
         if self._refetch is None:
             return messages
-        by_partition: dict[int, list[int]] = {}
-        for m in messages:
-            by_partition.setdefault(m.partition, []).append(m.offset)
-        holes = self.guard.holes(by_partition)
-        if not holes:
+        filled: list[Message] | None = None
+        for partition, partition_spans in spans.items():
+            for hole in self.guard.holes(partition, partition_spans):
+                got, reached = await self._refetch(topic, partition, hole.start, hole.end)
+                self.metrics.refetched.inc(len(got))
+                if reached > hole.start:
+                    partition_spans.append(Span(hole.start, reached))
+                log.warning(
+                    "batch skipped offsets; read them from the broker",
+                    extra={
+                        "partition": partition,
+                        "from": hole.start,
+                        "to": hole.end,
+                        "read": len(got),
+                        "proven_to": reached,
+                    },
+                )
+                filled = filled if filled is not None else list(messages)
+                filled.extend(got)
+        if filled is None:
             return messages
-        filled = list(messages)
-        for partition, missing in holes.items():
-            got = await self._refetch(messages[0].topic, partition, missing)
-            self.metrics.refetched.inc(len(got))
-            log.warning(
-                "batch skipped offsets; read them from Kafka",
-                extra={"partition": partition, "missing": len(missing), "read": len(got)},
-            )
-            filled.extend(got)
         filled.sort(key=lambda m: (m.partition, m.offset))
         return filled
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.batch import Message, split_into_lanes
+from pipeline.batch import Run, split_runs
 from pipeline.dedup_state import DedupState
 from pipeline.errors import PipelineError
 from pipeline.logs import configure
@@ -76,7 +76,7 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
         Sink(runtime.pool, s.db_retry_max_seconds),
         DedupState(_DictTable(), s.dedup_capacity),
         runtime.dlq.publish,
-        refetch=runtime.refetcher.fetch,
+        refetch=runtime.broker_log.read,
     )
     write_behind = WriteBehind(processor, on_fatal=_fatal, lanes=s.sink_lanes)
     consumer = AIOKafkaConsumer(
@@ -94,9 +94,11 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
     try:
         tps = [TopicPartition(s.events_topic, p) for p in partitions]
         consumer.assign(tps)
-        starts = processor.on_assigned(partitions, await runtime.durable_progress(60.0))
+        starts = processor.on_assigned(partitions, *await runtime.assignment_state(partitions))
         for tp in tps:
-            consumer.seek(tp, starts[tp.partition])
+            if tp.partition in starts:  # else stopped: out of the broker's log
+                consumer.seek(tp, starts[tp.partition])
+        processor.on_positioned(dict.fromkeys(starts, 0), starts)
         log.info("reference loop reading", extra={"partitions": partitions})
         await _consume(s, consumer, processor, write_behind, stopping)
     finally:
@@ -115,7 +117,7 @@ async def _consume(
     stopping: asyncio.Event,
 ) -> None:
     """Takes are fetched in a task of their own while the previous one is planned (as Faust)."""
-    takes: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=1)
+    takes: asyncio.Queue[list[Run]] = asyncio.Queue(maxsize=1)
 
     async def fetch() -> None:
         while True:
@@ -125,8 +127,8 @@ async def _consume(
     committed_at = time.monotonic()
     try:
         while not stopping.is_set():
-            messages = await takes.get()
-            for chunk in split_into_lanes(messages, s.sink_lanes, s.batch_bytes):
+            runs = await takes.get()
+            for chunk in split_runs(runs, s.sink_lanes, s.batch_bytes):
                 prepared = await processor.prepare(chunk)
                 if prepared is not None:
                     await write_behind.submit(prepared, stopping.is_set)
@@ -139,16 +141,20 @@ async def _consume(
             await fetching
 
 
-async def _take(consumer: AIOKafkaConsumer, limit: int, within_s: float) -> list[Message]:
-    """Up to ``limit`` messages: what is fetched already, waiting at most ``within_s`` for any."""
-    batch: list[Message] = []
+async def _take(consumer: AIOKafkaConsumer, limit: int, within_s: float) -> list[Run]:
+    """Up to ``limit`` records: what is fetched already, waiting at most ``within_s`` for any."""
+    batch: list[Run] = []
+    taken = 0
     timeout_ms = int(within_s * 1000)
-    while len(batch) < limit:
-        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - len(batch))
+    while taken < limit:
+        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - taken)
         if not fetched:
             break
-        for records in fetched.values():
-            batch.extend(records)
+        for tp, records in fetched.items():
+            # Only this task drains the consumer: the position is the one after these.
+            position = await consumer.position(tp)
+            batch.append(Run(tp.partition, records, max(position, records[-1].offset + 1)))
+            taken += len(records)
         timeout_ms = 0  # take what else is buffered, without waiting for more
     return batch
 

@@ -1,4 +1,4 @@
-"""The worker's connections: the PostgreSQL pool, the DLQ producer, the refetch consumer.
+"""The worker's connections: the PostgreSQL pool, the DLQ producer, the broker-log reader.
 
 Opened lazily, once (Faust seeks before its services start). Faust-free: the
 benchmark's reference loop (``reference.py``) uses the same connections.
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 import asyncpg
 
 from pipeline import sql
 from pipeline.deadletters import DeadLetterPublisher
-from pipeline.refetch import Refetcher
+from pipeline.offsets import LogRange
+from pipeline.refetch import BrokerLog
 from pipeline.settings import Settings
 from pipeline.sink import TRANSIENT_ERRORS, load_progress
 
@@ -30,7 +32,7 @@ class Runtime:
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
         self.dlq = DeadLetterPublisher(settings)
-        self.refetcher = Refetcher(settings)
+        self.broker_log = BrokerLog(settings)
 
     async def pool(self) -> asyncpg.Pool:
         async with self._lock:
@@ -60,8 +62,17 @@ class Runtime:
                 log.warning("durable offsets unreachable, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
 
+    async def assignment_state(
+        self, partitions: Iterable[int]
+    ) -> tuple[dict[int, tuple[int, int | None]], dict[int, LogRange]]:
+        """For newly assigned partitions: PostgreSQL's durable offsets and the broker's logs."""
+        durable = await self.durable_progress(deadline_s=60.0)
+        near = {p: offset for p, (offset, _) in durable.items()}
+        logs = await self.broker_log.ranges(self.settings.events_topic, partitions, near)
+        return durable, logs
+
     async def close(self) -> None:
         await self.dlq.close()
-        await self.refetcher.close()
+        await self.broker_log.close()
         if self._pool is not None:
             await self._pool.close()

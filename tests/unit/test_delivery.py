@@ -33,7 +33,7 @@ def test_a_run_is_one_message_at_its_last_offset() -> None:
 
 
 class FakeConsumer:
-    """What ``batched_getmany`` reads of Faust's consumer."""
+    """What ``getmany_runs`` reads of Faust's consumer."""
 
     def __init__(self, fetched: dict[TP, list[Any]], active: set[TP] | None = None) -> None:
         self.fetched = fetched
@@ -65,7 +65,7 @@ async def test_the_events_topic_comes_a_run_per_partition_other_topics_record_by
         log: [record(0, 1, topic="changelog"), record(0, 2, topic="changelog")],
         p1: [record(1, 9)],
     }
-    got = await collect(delivery.batched_getmany(FakeConsumer(fetched), EVENTS)(timeout=1.0))
+    got = await collect(delivery.getmany_runs(FakeConsumer(fetched), EVENTS, timeout=1.0))
     assert [tp for tp, _ in got] == [p0, log, log, p1]
     run0, run1 = got[0][1], got[3][1]
     assert isinstance(run0, delivery.RecordRun) and [r.offset for r in run0.records] == [5, 6]
@@ -79,21 +79,21 @@ async def test_inactive_partitions_are_held_back_unless_buffered() -> None:
     fetched = {p0: [record(0, 1)], p1: [record(1, 1)], p2: [record(2, 1)], p3: []}
     consumer = FakeConsumer(fetched, active={p0, p3})
     consumer._buffered_partitions = {p1}
-    got = await collect(delivery.batched_getmany(consumer, EVENTS)(timeout=1.0))
+    got = await collect(delivery.getmany_runs(consumer, EVENTS, timeout=1.0))
     assert [tp for tp, _ in got] == [p0, p1]
 
 
 async def test_a_stopped_flow_delivers_nothing_and_seeks_back() -> None:
     consumer = FakeConsumer({TP(EVENTS, 0): [record(0, 1)]})
     consumer.flow_active = False
-    assert await collect(delivery.batched_getmany(consumer, EVENTS)(timeout=1.0)) == []
+    assert await collect(delivery.getmany_runs(consumer, EVENTS, timeout=1.0)) == []
     assert consumer.seeks == 1
 
 
 async def test_a_new_generation_stops_the_delivery() -> None:
     p0, p1 = TP(EVENTS, 0), TP(EVENTS, 1)
     consumer = FakeConsumer({p0: [record(0, 1)], p1: [record(1, 1)]})
-    it = delivery.batched_getmany(consumer, EVENTS)(timeout=1.0)
+    it = delivery.getmany_runs(consumer, EVENTS, timeout=1.0)
     first = await it.__anext__()
     consumer.app.consumer_generation_id = 5  # a rebalance
     rest = await collect(it)
@@ -133,3 +133,12 @@ async def test_a_take_that_is_not_full_is_handed_over_after_within() -> None:
                 break
             await asyncio.sleep(0.02)
     assert takes[0] == [3, 1]
+
+
+def test_a_run_carries_what_its_fetch_proved() -> None:
+    tp = TP(EVENTS, 3)
+    fetched = delivery.Fetched([record(3, 10), record(3, 11)], epoch=4, fetched_to=13)
+    run = delivery.run_of(tp, fetched, generation_id=7)
+    assert (run.epoch, run.fetched_to) == (4, 13)  # 12 is a control marker the fetch read past
+    plain = delivery.run_of(tp, [record(3, 10)], generation_id=7)
+    assert (plain.epoch, plain.fetched_to) == (0, 11)  # proves nothing past its records

@@ -1,4 +1,5 @@
-"""Processor state around the write-behind: planned vs durable offsets, Kafka commit caps."""
+"""Processor state around the write-behind: baselines, stale runs, holes, out-of-range logs,
+planned vs durable offsets, Kafka commit caps."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from pipeline.batch import RawMessage
+from pipeline.batch import RawMessage, Run
 from pipeline.dedup_state import DedupState
+from pipeline.offsets import LogRange, Span
 from pipeline.processor import Processor
 from pipeline.settings import Settings
 from pipeline.sink import Abandoned, WriteResult
@@ -32,9 +34,30 @@ async def _no_dead(*_: Any) -> None:
     pass
 
 
-def processor() -> Processor:
+def processor(refetch: Any = None) -> Processor:
     sink: Any = None  # prepare() and the state around it never touch the sink
-    return Processor(Settings(), sink, DedupState(FakeTable(), 1000), _no_dead)
+    return Processor(Settings(), sink, DedupState(FakeTable(), 1000), _no_dead, refetch=refetch)
+
+
+WHOLE = LogRange(0, 10**9)
+
+
+def assign(
+    p: Processor,
+    partitions: list[int],
+    durable: dict[int, tuple[int, int | None]],
+    logs: dict[int, LogRange] | None = None,
+    epoch: int = 1,
+) -> dict[int, int]:
+    """Assignment as the worker does it: read the baselines, seek (epoch), then positioned."""
+    starts = p.on_assigned(partitions, durable, logs or dict.fromkeys(partitions, WHOLE))
+    p.on_positioned(dict.fromkeys(starts, epoch), starts)
+    return starts
+
+
+def run(partition: int, offsets: range, epoch: int = 1, fetched_to: int | None = None) -> Run:
+    records = messages(partition, offsets)
+    return Run(partition, records, fetched_to or records[-1].offset + 1, epoch)
 
 
 def messages(partition: int, offsets: range) -> list[RawMessage]:
@@ -51,32 +74,142 @@ def messages(partition: int, offsets: range) -> list[RawMessage]:
 
 def test_kafka_commits_are_capped_at_the_durable_offsets() -> None:
     p = processor()
-    p.on_assigned([0, 1], {0: (100, None)})
-    offsets = {TP("events", 0): 250, TP("events", 1): 7, TP("events", 2): 9, TP("other", 0): 5}
-    # partition 1 starts from 0 (no record); partition 2 is not ours: nothing committed for it
+    assign(p, [0, 1], {0: (100, None)}, {0: WHOLE, 1: LogRange(40, 90)})
+    offsets = {TP("events", 0): 250, TP("events", 1): 70, TP("events", 2): 9, TP("other", 0): 5}
+    # partition 1 has no row: its baseline is its log start; partition 2 is not ours
     assert p.cap_commits("events", offsets) == {
         TP("events", 0): 100,
-        TP("events", 1): 0,
+        TP("events", 1): 40,
         TP("other", 0): 5,
     }
 
 
 async def test_offsets_already_durable_are_skipped() -> None:
     p = processor()
-    p.on_assigned([0], {0: (5, None)})
-    prepared = await p.prepare(messages(0, range(0, 8)))
+    assign(p, [0], {0: (5, None)})
+    prepared = await p.prepare([run(0, range(0, 8))])
     assert prepared is not None
     assert prepared.plan.offsets[0] == {5, 6, 7}
     assert p.metrics.skipped.value == 5
 
 
+async def test_runs_fetched_before_the_seek_never_reach_the_sink() -> None:
+    p = processor()
+    assert p.on_assigned([0], {}, {0: WHOLE}) == {0: 0}
+    # Not positioned yet: whatever comes is from before the seek.
+    assert await p.prepare([run(0, range(1231, 1639), epoch=0)]) is None
+    p.on_positioned({0: 3}, {0: 0})
+    # Positioned by seek 3: a run drained before it (epoch 2) is stale.
+    assert await p.prepare([run(0, range(1231, 1639), epoch=2)]) is None
+    assert p.metrics.skipped.value == 2 * 408
+    prepared = await p.prepare([run(0, range(0, 100), epoch=3)])
+    assert prepared is not None and prepared.plan.progress[0].next_offset == 100
+
+
+async def test_a_partition_with_no_row_never_passes_its_unread_head() -> None:
+    # issue 13, seen: no row, a run from 1231 reached the sink first, and its
+    # end became the baseline; offsets 0..1230 were never stored.
+    p = processor()  # no refetch: the hole stays a hole
+    assign(p, [0], {})
+    prepared = await p.prepare([run(0, range(1231, 1639))])
+    assert prepared is not None
+    assert prepared.plan.progress[0].next_offset == 0
+    assert prepared.seeks == {0: 0}
+
+
+async def test_a_hole_is_read_from_the_broker_before_planning() -> None:
+    asked: list[tuple[int, int, int]] = []
+
+    async def refetch(topic: str, partition: int, start: int, end: int) -> Any:
+        asked.append((partition, start, end))
+        return messages(partition, range(start, end)), end
+
+    p = processor(refetch)
+    assign(p, [0], {})
+    prepared = await p.prepare([run(0, range(1231, 1639))])
+    assert prepared is not None
+    assert asked == [(0, 0, 1231)]
+    assert prepared.plan.offsets[0] == set(range(1639))
+    assert prepared.plan.progress[0].next_offset == 1639
+    assert prepared.seeks == {}
+
+
+async def test_offsets_the_broker_proves_absent_do_not_stall_a_partition() -> None:
+    # Control markers at 3 and 7 (transactions): the runs never hold them.
+    async def refetch(topic: str, partition: int, start: int, end: int) -> Any:
+        return [], end  # read through: nothing there
+
+    p = processor(refetch)
+    assign(p, [0], {0: (0, None)})
+    first = await p.prepare([run(0, range(0, 3))])
+    assert first is not None and first.plan.progress[0].next_offset == 3
+    second = await p.prepare([run(0, range(4, 7), fetched_to=8)])
+    assert second is not None
+    assert second.plan.progress[0].next_offset == 8  # 3 refetched as absent, 7 proven by the fetch
+    assert second.seeks == {}
+
+
+async def test_a_hole_the_broker_cannot_prove_holds_the_durable_offset() -> None:
+    async def refetch(topic: str, partition: int, start: int, end: int) -> Any:
+        return messages(partition, range(start, start + 2)), start + 2  # then timed out
+
+    p = processor(refetch)
+    assign(p, [0], {0: (10, None)})
+    prepared = await p.prepare([run(0, range(20, 25))])
+    assert prepared is not None
+    assert prepared.plan.progress[0].next_offset == 12
+    assert prepared.seeks == {0: 12}
+
+
+async def test_a_durable_offset_outside_the_log_stops_the_partition() -> None:
+    p = processor()
+    starts = assign(
+        p,
+        [0, 1, 2],
+        {0: (3228, None), 1: (5, None)},
+        {
+            0: LogRange(0, 0),  # the broker came back empty
+            1: LogRange(10, 50),  # retention passed the durable offset
+            2: LogRange(0, 7),
+        },
+    )
+    assert starts == {2: 0}
+    assert set(p.stopped) == {0, 1}
+    assert p.stopped[0].durable == 3228 and p.stopped[0].log == LogRange(0, 0)
+    assert "partition 0" in p.stopped[0].describe()
+    assert p.metrics.out_of_range.samples() is not None
+    # Nothing of a stopped partition is planned or committed.
+    assert await p.prepare([run(0, range(0, 5)), run(1, range(10, 12))]) is None
+    assert p.cap_commits("events", {TP("events", 0): 5, TP("events", 1): 12}) == {}
+    # An operator reset the offsets: the next assignment resumes them.
+    assert assign(p, [0], {0: (0, None)}, {0: LogRange(0, 5)}) == {0: 0}
+    assert 0 not in p.stopped
+
+
+async def test_a_log_that_moved_back_behind_the_seek_stops_the_partition() -> None:
+    p = processor()
+    assign(p, [0], {0: (500, None)})
+    # After the seek to 500 the consumer's position was reset to the log start.
+    assert await p.prepare([run(0, range(0, 20))]) is None
+    assert 0 in p.stopped
+
+
+async def test_a_trailing_absent_offset_moves_the_durable_offset_without_records() -> None:
+    p = processor()
+    assign(p, [0], {0: (5, None)})
+    prepared = await p.prepare([run(0, range(3, 5), fetched_to=6)])  # replays, then a marker
+    assert prepared is not None
+    assert prepared.plan.progress[0].next_offset == 6
+    assert prepared.plan.events == []
+
+
 async def test_a_kept_partition_resumes_where_planned_but_durable_stays_true() -> None:
     p = processor()
-    p.on_assigned([0], {0: (0, None)})
-    prepared = await p.prepare(messages(0, range(0, 10)))
+    assign(p, [0], {0: (0, None)})
+    prepared = await p.prepare([run(0, range(0, 10))])
     assert prepared is not None
     # Faust seeks again before the planned batch committed: continue after it...
-    assert p.on_assigned([0], {0: (0, None)}) == {0: 10}
+    assert assign(p, [0], {0: (0, None)}, epoch=2) == {0: 10}
     # ...while Kafka commits and the durable offset stay at what PostgreSQL holds.
     assert p.durable[0] == 0
     assert p.cap_commits("events", {TP("events", 0): 10}) == {TP("events", 0): 0}
@@ -84,13 +217,17 @@ async def test_a_kept_partition_resumes_where_planned_but_durable_stays_true() -
 
 async def test_a_discarded_batch_rolls_the_plan_back_so_its_offsets_are_read_again() -> None:
     p = processor()
-    p.on_assigned([0], {0: (0, None)})
-    first = await p.prepare(messages(0, range(0, 10)))
+    assign(p, [0], {0: (0, None)})
+    first = await p.prepare([run(0, range(0, 10))])
     assert first is not None
     p.discard(first)
     # The next batch starts after the discarded one: its offsets are a hole to refetch.
-    assert p.guard.holes({0: range(10, 20)}) == {0: list(range(10))}
-    assert p.on_assigned([0], {0: (0, None)}) == {0: 0}
+    assert [(h.start, h.end) for h in p.guard.holes(0, [run_span(10, 20)])] == [(0, 10)]
+    assert assign(p, [0], {0: (0, None)}, epoch=2) == {0: 0}
+
+
+def run_span(start: int, end: int) -> Span:
+    return Span(start, end)
 
 
 class RecordingSink:
@@ -111,7 +248,7 @@ class RecordingSink:
 
 def _with_dead(sink: Any, publish: Any) -> Processor:
     p = Processor(Settings(), sink, DedupState(FakeTable(), 1000), publish)
-    p.on_assigned([0], {0: (0, None)})
+    assign(p, [0], {0: (0, None)})
     return p
 
 
@@ -124,7 +261,8 @@ async def test_dead_letters_are_published_alongside_the_transaction_and_before_c
 
     sink = RecordingSink()
     p = _with_dead(sink, publish)
-    prepared = await p.prepare([*messages(0, range(0, 3)), RawMessage("events", 0, 3, b"{bad")])
+    records = [*messages(0, range(0, 3)), RawMessage("events", 0, 3, b"{bad")]
+    prepared = await p.prepare([Run.of(records, epoch=1)])
     assert prepared is not None
     await p.commit(prepared, lambda: False)
     assert published == [1]
@@ -144,7 +282,7 @@ async def test_a_given_up_batch_cancels_its_dead_letter_publish() -> None:
             raise
 
     p = _with_dead(RecordingSink(give_up=True), publish)
-    prepared = await p.prepare([RawMessage("events", 0, 0, b"{bad")])
+    prepared = await p.prepare([Run.of([RawMessage("events", 0, 0, b"{bad")], epoch=1)])
     assert prepared is not None
     with pytest.raises(Abandoned):
         await p.commit(prepared, lambda: True)
