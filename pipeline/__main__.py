@@ -126,13 +126,40 @@ def _retention(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reset(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.maintenance import reset_offsets
+    from pipeline.maintenance import apply_offset_reset, plan_offset_reset
+    from pipeline.textable import format_table
 
-    dsn = settings.require_database_url()
-    n = asyncio.run(reset_offsets(dsn, settings.events_topic, args.to_offset, args.partition))
+    resets = asyncio.run(plan_offset_reset(settings, args.to, args.partition))
     print(
-        f"{n} partition(s) of {settings.events_topic} will resume at offset {args.to_offset} "
-        "after the workers' next assignment (restart them)"
+        format_table(
+            ["partition", "durable", "log start", "log end", "state", "resets to"],
+            [
+                [
+                    r.partition,
+                    "-" if r.durable is None else r.durable,
+                    r.log.start,
+                    r.log.end,
+                    "OUT OF RANGE" if r.out_of_range else "ok",
+                    r.target,
+                ]
+                for r in resets
+            ],
+        )
+    )
+    if args.dry_run:
+        print("dry run: nothing changed")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("not changed: pass --yes to confirm (or --dry-run to look only)")
+            return 2
+        if input("write these durable offsets? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not changed")
+            return 1
+    asyncio.run(apply_offset_reset(settings, resets))
+    print(
+        f"{len(resets)} partition(s) of {settings.events_topic} reset; stopped partitions "
+        "resume within seconds, others at the workers' next assignment (restart them)"
     )
     return 0
 
@@ -159,9 +186,19 @@ def _parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retention", help="delete raw events and dead letters older than N days")
     rt.add_argument("--days", type=int, required=True)
     rt.set_defaults(run=_retention)
-    ro = sub.add_parser("reset-offsets", help="replay: move durable offsets back")
-    ro.add_argument("--to-offset", type=int, default=0, help="default 0: the beginning")
+    ro = sub.add_parser(
+        "reset-offsets",
+        help="move durable offsets: replay, or resolve a partition stopped out of range",
+    )
+    ro.add_argument(
+        "--to",
+        default="earliest",
+        help="earliest (the log start: replays, safe), latest (the log end: skips what the "
+        "log holds) or an offset; default earliest",
+    )
     ro.add_argument("--partition", type=int, default=None, help="default: every partition")
+    ro.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    ro.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     ro.set_defaults(run=_reset)
     d = sub.add_parser("demo", help="stack + worker + demo load + rollups, end to end")
     d.add_argument("--count", type=int, default=20_000, help="events to publish")

@@ -34,6 +34,7 @@ __all__ = ["PipelineApp", "create_app"]
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70  # EX_SOFTWARE: a supervisor restarts the worker
+RECHECK_STOPPED_S = 5.0  # how often stopped partitions look for an operator's reset
 # Fault injection for the tests: delay each seek to the durable offsets by this long.
 _SEEK_DELAY_S = float(os.environ.get("PIPELINE_TEST_SEEK_DELAY_S", "0") or 0)
 
@@ -223,6 +224,13 @@ def create_app(settings: Settings) -> PipelineApp:
         sender.processor.on_revoked(
             tp.partition for tp in revoked if tp.topic == topic.get_topic_name()
         )
+
+    @app.timer(interval=RECHECK_STOPPED_S)  # type: ignore[untyped-decorator]
+    async def resume_reset_partitions() -> None:
+        # A stopped partition (durable offset outside the log) resumes once an
+        # operator's reset-offsets put its durable offset back in range.
+        if app.processor.stopped:
+            await app.seek_to_durable(only=set(app.processor.stopped))
 
     _wire_agent(app, topic, settings)
     return app

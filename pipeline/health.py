@@ -9,7 +9,8 @@ answer:
   was not busy retrying a database outage. Faust consumers have been seen to
   stop consuming after rebalances (issue 175): this turns such a worker
   unhealthy, so its supervisor restarts it.
-* ready: partitions were assigned (the group was joined) and PostgreSQL answers.
+* ready: partitions were assigned (the group was joined), PostgreSQL answers,
+  and no partition is stopped for a durable offset outside the broker's log.
 * metrics: Prometheus text (see metrics.py), lag per partition included.
 """
 
@@ -145,7 +146,14 @@ class HealthServer(Service):
         except Exception as exc:  # any failure means "not ready", with the reason shown
             log.warning("readiness: database unreachable", extra={"error": repr(exc)})
             database = False
-        return joined and database, {"partitions": assigned, "joined": joined, "database": database}
+        stopped = {str(p): stop.describe() for p, stop in self.app.processor.stopped.items()}
+        report = {
+            "partitions": assigned,
+            "joined": joined,
+            "database": database,
+            "out_of_range": stopped,
+        }
+        return joined and database and not stopped, report
 
     def _lag(self) -> Iterable[tuple[Labels, float]]:
         for p, (highwater, durable, _) in self.partitions().items():

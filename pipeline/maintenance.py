@@ -21,9 +21,20 @@ import asyncpg
 
 from pipeline import sql
 from pipeline.errors import ConfigError
+from pipeline.offsets import LogRange, out_of_range
+from pipeline.refetch import BrokerLog
+from pipeline.settings import Settings
 from pipeline.timeparse import parse_timestamp, us_to_datetime
 
-__all__ = ["parse_hour", "rebuild_rollups", "apply_retention", "reset_offsets", "RebuildResult"]
+__all__ = [
+    "OffsetReset",
+    "RebuildResult",
+    "apply_offset_reset",
+    "apply_retention",
+    "parse_hour",
+    "plan_offset_reset",
+    "rebuild_rollups",
+]
 
 
 @dataclass(frozen=True)
@@ -89,17 +100,76 @@ async def apply_retention(dsn: str, days: int, batch: int = 20_000) -> dict[str,
     return deleted
 
 
-async def reset_offsets(dsn: str, topic: str, offset: int, partition: int | None) -> int:
-    """Move the durable offsets back (a replay): workers resume there on their next assignment.
+@dataclass(frozen=True)
+class OffsetReset:
+    """One partition's durable offset: where it is, the broker's log, where it goes."""
 
-    Re-processing is safe by design: replayed events are found in the raw tables
-    and add nothing. Restart the workers (or scale them) to trigger the seek.
+    partition: int
+    durable: int | None
+    log: LogRange
+    target: int
+
+    @property
+    def out_of_range(self) -> bool:
+        return self.durable is not None and out_of_range(self.durable, self.log)
+
+
+async def plan_offset_reset(
+    settings: Settings, to: str, partition: int | None = None
+) -> list[OffsetReset]:
+    """Where each partition's durable offset would go: ``to`` is earliest, latest or a number.
+
+    ``earliest`` replays the broker's whole log (safe: replayed events add
+    nothing); ``latest`` skips what the log holds now, so say so to whoever
+    asks. Partitions are checked against the topic's.
     """
-    if offset < 0:
-        raise ConfigError("--to-offset must be 0 or more")
-    conn = await asyncpg.connect(dsn)
+    topic = settings.events_topic
+    broker_log = BrokerLog(settings)
     try:
-        status = await conn.execute(sql.RESET_PROGRESS, topic, offset, partition)
+        count = await broker_log.partition_count(topic)
+        if partition is not None and not 0 <= partition < count:
+            raise ConfigError(
+                f"--partition {partition}: topic {topic} has partitions 0..{count - 1}"
+            )
+        partitions = list(range(count)) if partition is None else [partition]
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            durable = {
+                r["partition"]: r["next_offset"]
+                for r in await conn.fetch(sql.SELECT_PROGRESS_ROWS, topic)
+            }
+        finally:
+            await conn.close()
+        logs = await broker_log.ranges(topic, partitions, durable)
+    finally:
+        await broker_log.close()
+    return [OffsetReset(p, durable.get(p), logs[p], _target(to, logs[p])) for p in partitions]
+
+
+def _target(to: str, log: LogRange) -> int:
+    if to == "earliest":
+        return log.start
+    if to == "latest":
+        return log.end
+    try:
+        offset = int(to)
+    except ValueError:
+        raise ConfigError(f"--to {to!r}: say earliest, latest or an offset (0 or more)") from None
+    if offset < 0:
+        raise ConfigError(f"--to {to!r}: an offset must be 0 or more")
+    return min(max(offset, log.start), log.end)
+
+
+async def apply_offset_reset(settings: Settings, resets: list[OffsetReset]) -> None:
+    """Write the planned offsets; workers pick them up within seconds (stopped partitions)
+    or at their next assignment."""
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await conn.execute(
+            sql.SET_PROGRESS,
+            settings.events_topic,
+            [r.partition for r in resets],
+            [r.target for r in resets],
+        )
     finally:
         await conn.close()
-    return int(status.split()[-1])

@@ -98,6 +98,14 @@ class BrokerLog:
             ends = await self._highwaters(consumer, tps)
             return {tp.partition: LogRange(starts[tp], ends[tp]) for tp in tps}
 
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (0: the broker does not know it)."""
+        async with self._lock:
+            consumer = await self._ensure()
+            if topic not in await consumer.topics():  # also refreshes the metadata
+                return 0
+            return len(consumer.partitions_for_topic(topic) or ())
+
     async def _highwaters(
         self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
     ) -> dict[TopicPartition, int]:

@@ -359,7 +359,8 @@ DELETE FROM dead_letters WHERE id = ANY (ARRAY(
     SELECT id FROM dead_letters WHERE received_at < $1 LIMIT $2))
 """
 
-RESET_PROGRESS = """
-UPDATE partition_progress SET next_offset = $2, updated_at = now()
-WHERE topic = $1 AND ($3::int4 IS NULL OR partition = $3)
+SET_PROGRESS = """
+INSERT INTO partition_progress AS p (topic, partition, next_offset)
+SELECT $1, pa, nx FROM unnest($2::int4[], $3::int8[]) AS x(pa, nx)
+ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
 """

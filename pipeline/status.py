@@ -2,9 +2,10 @@
 
 Per partition: the member that owns it, Kafka's committed offset, the offset
 PostgreSQL holds durably (where a worker resumes), the end offset (from a
-fetch response's high watermark: ListOffsets is unreliable on some brokers,
-BROKER_NOTES.md), the lag, and the watermark. Then the hours and whether each
-is complete.
+fetch response's high watermark: ListOffsets is unreliable on some brokers),
+the lag, and the watermark; a durable offset outside the broker's log is
+shown as OUT OF RANGE (the workers stop that partition). Then the hours and
+whether each is complete.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import sql
+from pipeline.offsets import out_of_range
+from pipeline.refetch import BrokerLog
 from pipeline.settings import Settings
 from pipeline.textable import format_table
 
@@ -35,6 +38,8 @@ class PartitionStatus:
     end: int | None
     lag: int | None
     watermark: str | None
+    log_start: int | None = None
+    out_of_range: bool = False  # the durable offset lies outside the broker's log
 
 
 async def _group_members(admin: AIOKafkaAdminClient, group: str) -> list[str]:
@@ -44,29 +49,6 @@ async def _group_members(admin: AIOKafkaAdminClient, group: str) -> list[str]:
         for g in response.groups:
             members.extend(m[0] for m in (g[5] if len(g) > 5 else []))
     return members
-
-
-async def _end_offsets(s: Settings, tps: list[TopicPartition]) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        **s.kafka_security.aiokafka_kwargs(),
-    )
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends: dict[int, int] = {}
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(ends) < len(tps) and asyncio.get_running_loop().time() < deadline:
-            await consumer.getmany(timeout_ms=300, max_records=1)
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is not None:
-                    ends[tp.partition] = hw
-        return ends
-    finally:
-        await consumer.stop()
 
 
 @dataclass
@@ -90,7 +72,6 @@ async def collect_status(s: Settings) -> Status:
         committed = await admin.list_consumer_group_offsets(s.app_id, partitions=tps)
     finally:
         await admin.close()
-    ends = await _end_offsets(s, tps)
     conn = await asyncpg.connect(s.require_database_url())
     try:
         progress = {r["partition"]: r for r in await conn.fetch(sql.SELECT_PROGRESS_ROWS, topic)}
@@ -98,6 +79,12 @@ async def collect_status(s: Settings) -> Status:
         workers = [dict(r) for r in await conn.fetch(sql.SELECT_WORKERS) if r["fresh"]]
     finally:
         await conn.close()
+    broker_log = BrokerLog(s)
+    try:
+        near = {p: r["next_offset"] for p, r in progress.items()}
+        logs = await broker_log.ranges(topic, [tp.partition for tp in tps], near)
+    finally:
+        await broker_log.close()
     # Workers report their own partitions (worker_status): every broker supports that.
     owners = {p: w["worker_id"] for w in workers for p in w["partitions"]}
     rows = []
@@ -105,7 +92,9 @@ async def collect_status(s: Settings) -> Status:
         p = tp.partition
         c = committed.get(tp)
         durable = progress[p]["next_offset"] if p in progress else None
-        end = ends.get(p)
+        log_range = logs[p]
+        end = log_range.end
+        stopped = durable is not None and out_of_range(durable, log_range)
         wm = progress[p]["watermark"] if p in progress else None
         rows.append(
             PartitionStatus(
@@ -114,8 +103,12 @@ async def collect_status(s: Settings) -> Status:
                 committed=c.offset if c is not None and c.offset >= 0 else None,
                 durable=durable,
                 end=end,
-                lag=None if end is None else max(end - (durable or 0), 0),
+                lag=None
+                if stopped
+                else max(end - (log_range.start if durable is None else durable), 0),
                 watermark=wm.isoformat() if isinstance(wm, datetime) else None,
+                log_start=log_range.start,
+                out_of_range=stopped,
             )
         )
     return Status(group_members, workers, rows, hours)
@@ -153,6 +146,13 @@ def run_status(s: Settings, as_json: bool) -> int:
         )
     )
     print(f"\ntotal lag: {sum(r.lag or 0 for r in rows)}\n")
+    for r in rows:
+        if r.out_of_range:
+            print(
+                f"OUT OF RANGE: partition {r.partition}: durable offset {r.durable} is outside "
+                f"the broker's log [{r.log_start}, {r.end}]; workers do not read it until "
+                "`python -m pipeline reset-offsets --to earliest` (or --to latest)\n"
+            )
     print(
         format_table(
             ["hour (UTC)", "complete", "events", "late", "revised"],

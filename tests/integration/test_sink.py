@@ -14,8 +14,10 @@ import pytest
 
 from pipeline import sql
 from pipeline.batch import Limits, RawMessage, plan_batch
-from pipeline.maintenance import apply_retention, rebuild_rollups, reset_offsets
+from pipeline.maintenance import OffsetReset, apply_offset_reset, apply_retention, rebuild_rollups
+from pipeline.offsets import LogRange
 from pipeline.reconcile import reconcile
+from pipeline.settings import Settings
 from pipeline.sink import Abandoned, Sink, load_progress
 
 pytestmark = pytest.mark.integration
@@ -183,7 +185,8 @@ async def test_a_replay_after_reset_offsets_adds_nothing(pool: asyncpg.Pool, dat
     messages = [_msg(i, _event(i)) for i in range(12)]
     await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
     rollups = [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)]
-    assert await reset_offsets(database, "events", 0, None) == 1
+    settings = Settings(database_url=database, events_topic="events")
+    await apply_offset_reset(settings, [OffsetReset(0, 12, LogRange(0, 12), 0)])
     durable = await load_progress(pool, "events")
     assert durable[0][0] == 0
     result = await sink.write(plan_batch(messages, Limits(), NOW_US, {}))  # the replay
