@@ -75,6 +75,8 @@ def check_faust_version(found: str = faust.__version__) -> None:
 class DurableConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """See the module docstring."""
 
+    logger = faust_aiokafka.logger  # Faust's own chatter stays under faust.* (quiet)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._epochs: dict[TP, int] = {}
@@ -127,6 +129,8 @@ class DurableConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class DurableConsumer(faust_aiokafka.Consumer):
     """See the module docstring."""
+
+    logger = faust_aiokafka.logger
 
     _thread: DurableConsumerThread
     app: Any  # the PipelineApp (its runtime, processor and seek_to_durable)

@@ -359,6 +359,8 @@ DELETE FROM dead_letters WHERE id = ANY (ARRAY(
     SELECT id FROM dead_letters WHERE received_at < $1 LIMIT $2))
 """
 
+DELETE_PROGRESS = "DELETE FROM partition_progress WHERE topic = $1"
+
 SET_PROGRESS = """
 INSERT INTO partition_progress AS p (topic, partition, next_offset)
 SELECT $1, pa, nx FROM unnest($2::int4[], $3::int8[]) AS x(pa, nx)

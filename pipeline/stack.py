@@ -48,6 +48,7 @@ import asyncpg
 import psutil
 from aiokafka.errors import KafkaError
 
+from pipeline import sql
 from pipeline.errors import PipelineError, StackError
 from pipeline.logs import redact_dsn
 from pipeline.migrate import apply_migrations
@@ -99,6 +100,7 @@ class StackInfo:
     postgres_pid: int | None  # None when DATABASE_URL was given (external PostgreSQL)
     state_dir: Path
     events_topic: str = "events"
+    notices: tuple[str, ...] = ()  # what ``up`` changed that the user should know
 
     def exports(self) -> str:
         """Shell lines that point the other commands at this stack."""
@@ -647,12 +649,35 @@ async def _stack_up_locked(settings: Settings, state_dir: Path) -> StackInfo:
     )
     try:
         await _prepare_contents(local, dsn)
+        notices = await _forget_offsets_of_an_old_log(local, dsn) if broker.started_now else ()
         _write_state(state_dir, _state(state_dir, broker, pg, dsn, old))
     except BaseException:
         _undo([broker, pg])
         raise
     pg_pid = pg.pid if pg else None
-    return StackInfo(bootstrap, dsn, broker.pid, pg_pid, state_dir, settings.events_topic)
+    return StackInfo(bootstrap, dsn, broker.pid, pg_pid, state_dir, settings.events_topic, notices)
+
+
+async def _forget_offsets_of_an_old_log(settings: Settings, dsn: str) -> tuple[str, ...]:
+    """The memory-only broker starts empty: durable offsets kept from its last run are stale.
+
+    Left in place, the worker would stop every partition as out of range (its
+    durable offset lies past the new, empty log). The events they count stay
+    stored; publishing them again only adds duplicates, which count once.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        status = await conn.execute(sql.DELETE_PROGRESS, settings.events_topic)
+    finally:
+        await conn.close()
+    cleared = int(status.split()[-1])
+    if not cleared:
+        return ()
+    return (
+        f"the memory-only broker started empty: cleared the durable offsets of {cleared} "
+        f"partition(s) of {settings.events_topic} kept from its last run (the stored events "
+        "stay; events published again count as duplicates)",
+    )
 
 
 def _state(
@@ -762,6 +787,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "up":
             info = asyncio.run(stack_up(Settings.from_env(), args.dir))
+            for notice in info.notices:
+                print(f"notice: {notice}", file=sys.stderr)
             _, lines = _status(args.dir)
             print("\n".join(["stack is up:", *lines]), file=sys.stderr)
             print(info.exports())

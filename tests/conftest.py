@@ -9,10 +9,13 @@ the tests FAIL with a message saying what to start: they never skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -80,7 +83,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def admin_dsn() -> Iterator[str]:
     """A server where tests may create databases.
 
     The one TEST_DATABASE_URL names (it must be reachable), else a private
@@ -94,12 +97,15 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             )
         yield ADMIN_DSN
         return
-    data = tmp_path_factory.mktemp("pg") / "pgdata"
-    dsn, pid = start_embedded_postgres(data)
+    # Not under pytest's basetemp: a second pytest run on the machine prunes old
+    # basetemps, and would delete this server's data folder under it.
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-test-pg-"))
+    dsn, pid = start_embedded_postgres(folder / "pgdata")
     try:
         yield dsn
     finally:
         stop_pid(pid, sig=signal.SIGINT)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _reachable(dsn: str) -> bool:
@@ -114,9 +120,9 @@ def _reachable(dsn: str) -> bool:
     return asyncio.run(probe())
 
 
-@pytest.fixture
-async def database(admin_dsn: str) -> AsyncIterator[str]:
-    """A new, migrated database; its DSN."""
+@contextlib.asynccontextmanager
+async def new_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, migrated database on ``admin_dsn``'s server, dropped afterwards; its DSN."""
     name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -127,6 +133,13 @@ async def database(admin_dsn: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, migrated database; its DSN."""
+    async with new_database(admin_dsn) as dsn:
+        yield dsn
 
 
 def _with_database(dsn: str, name: str) -> str:

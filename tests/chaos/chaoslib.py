@@ -160,6 +160,12 @@ class ProgressMonitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # A last sample: a move after the last tick (the run's final commit) counts too.
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            self.samples.append((time.time(), await self._read(conn)))
+        finally:
+            await conn.close()
 
     async def _read(self, conn: asyncpg.Connection) -> dict[int, int]:
         return {p: v[0] for p, v in (await load_progress(conn, self.topic)).items()}
