@@ -170,11 +170,16 @@ def _faust_options(settings: Settings) -> dict[str, Any]:
     credentials = _credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials
-    if settings.is_tansu:  # measured settings, BROKER_NOTES.md
+    if settings.is_tansu:  # measured settings (docs/design.md, "Brokers")
         options.update(
             broker_session_timeout=6.0,
             broker_heartbeat_interval=1.0,
             producer_max_batch_size=1,
+        )
+    if settings.session_timeout_seconds is not None:
+        options.update(
+            broker_session_timeout=settings.session_timeout_seconds,
+            broker_heartbeat_interval=max(settings.session_timeout_seconds / 6, 0.5),
         )
     return options
 

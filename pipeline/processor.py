@@ -173,10 +173,13 @@ class Processor:
 
     def _stop(self, stop: OutOfRange) -> None:
         p = stop.partition
+        again = self.stopped.get(p) == stop
         self.stopped[p] = stop
         self.guard.forget([p])
         self.durable.pop(p, None)
         self.metrics.out_of_range.set(1, partition=str(p))
+        if again:  # re-checked, unchanged: said once already
+            return
         log.error(
             "durable offset out of range: partition stopped until an operator resets it "
             "(python -m pipeline reset-offsets --to earliest|latest)",

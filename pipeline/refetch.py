@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import OffsetOutOfRangeError
 
 from pipeline.batch import RawMessage
@@ -100,11 +101,18 @@ class BrokerLog:
 
     async def partition_count(self, topic: str) -> int:
         """How many partitions ``topic`` has (0: the broker does not know it)."""
-        async with self._lock:
-            consumer = await self._ensure()
-            if topic not in await consumer.topics():  # also refreshes the metadata
-                return 0
-            return len(consumer.partitions_for_topic(topic) or ())
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            **self._settings.kafka_security.aiokafka_kwargs(),
+        )
+        await admin.start()
+        try:
+            described = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        return (
+            len(described[0]["partitions"]) if described and not described[0]["error_code"] else 0
+        )
 
     async def _highwaters(
         self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]

@@ -33,6 +33,10 @@ def worker_env(s: Settings) -> dict[str, str]:
         "SINK_LANES": str(s.sink_lanes),
         "WORKER_BUFFER_MESSAGES": str(s.buffer_messages),
         "LOG_LEVEL": s.log_level,
+        "TOPIC_REPLICATION_FACTOR": str(s.topic_replication),
+        "WORKER_SESSION_TIMEOUT_SECONDS": (
+            "" if s.session_timeout_seconds is None else str(s.session_timeout_seconds)
+        ),
     }
 
 

@@ -60,6 +60,11 @@ class Settings:
     events_topic: str = "events"
     dlq_topic: str = "events.dlq"
     events_partitions: int = 6
+    # Replicas of each topic `python -m pipeline topics` creates (3 on a production cluster).
+    topic_replication: int = 1
+    # How long the group waits for a silent (crashed) worker before moving its
+    # partitions; None: Faust's default (60 s) on Apache Kafka, 6 s on the tansu profile.
+    session_timeout_seconds: float | None = None
     app_id: str = "event-pipeline"
     # Sink batching: a batch is taken when it holds batch_max messages or
     # batch_seconds passed since its first message; it is written in
@@ -133,6 +138,8 @@ class Settings:
             events_topic=events_topic,
             dlq_topic=_str(e, "DLQ_TOPIC", f"{events_topic}.dlq"),
             events_partitions=_int(e, "EVENTS_PARTITIONS", d.events_partitions, minimum=1),
+            topic_replication=_int(e, "TOPIC_REPLICATION_FACTOR", d.topic_replication, minimum=1),
+            session_timeout_seconds=_opt_float(e, "WORKER_SESSION_TIMEOUT_SECONDS", minimum=3.0),
             app_id=_str(e, "PIPELINE_APP_ID", d.app_id),
             batch_max=_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
             batch_seconds=_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
@@ -210,6 +217,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
     return _number(env, name, default, float, "a number", minimum)
+
+
+def _opt_float(env: Mapping[str, str], name: str, minimum: float) -> float | None:
+    if not env.get(name, "").strip():
+        return None
+    return _float(env, name, minimum, minimum)
 
 
 def _choice(

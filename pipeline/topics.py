@@ -50,7 +50,8 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         wanted = {t: n for t, n in required_topics(settings).items() if t not in existing}
         if wanted:
             new = [
-                NewTopic(name=t, num_partitions=n, replication_factor=1) for t, n in wanted.items()
+                NewTopic(name=t, num_partitions=n, replication_factor=settings.topic_replication)
+                for t, n in wanted.items()
             ]
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 await admin.create_topics(new)

@@ -37,7 +37,7 @@ from tests.chaos.chaoslib import (
 from tests.conftest import Workers, wait_for
 from tests.integration.test_end_to_end import assert_invariants
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.brokers]
 
 COUNT = 20_000
 RATE = 3_500.0  # events/s

@@ -23,7 +23,7 @@ from producers.generate import LoadOptions, Workload, build_workload, publish_wo
 from producers.publisher import Publisher, Receipt
 from tests.conftest import Workers, http_get, metric_value, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 COUNT = 20_000
 
