@@ -84,7 +84,7 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import stack
 
-    return stack.main([args.action, "--dir", args.dir])
+    return stack.main([args.action, "--dir", args.dir, "--broker", args.broker])
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stack", help="the embedded local broker and PostgreSQL")
     s.add_argument("action", choices=["up", "down", "status"])
     s.add_argument("--dir", default=".stack", help="state folder (default .stack)")
+    s.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="up: tansu (memory-only, default) or kafka (Apache Kafka; needs Java 17 and Maven)",
+    )
     s.set_defaults(run=_stack)
     st = sub.add_parser("status", help="consumer group, lag per partition, complete hours")
     st.add_argument("--json", action="store_true", help="print one JSON object")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70  # EX_SOFTWARE: a supervisor restarts the worker
 RECHECK_STOPPED_S = 5.0  # how often stopped partitions look for an operator's reset
+TAIL_PROBE_S = 2.0  # how often idle partitions check for a log tail of control markers
 # Fault injection for the tests: delay each seek to the durable offsets by this long.
 _SEEK_DELAY_S = float(os.environ.get("PIPELINE_TEST_SEEK_DELAY_S", "0") or 0)
 
@@ -237,8 +238,32 @@ def create_app(settings: Settings) -> PipelineApp:
         if app.processor.stopped:
             await app.seek_to_durable(only=set(app.processor.stopped))
 
+    @app.timer(interval=TAIL_PROBE_S)  # type: ignore[untyped-decorator]
+    async def probe_idle_tails() -> None:
+        # Trailing control markers (upstream transactions) hold no record: the
+        # durable offset would stop short of the log end forever (Processor.tail_probes).
+        probes = app.processor.tail_probes(_stable_ends(app, settings.events_topic))
+        if probes:
+            await app.intake.put(list(probes))
+
     _wire_agent(app, topic, settings)
     return app
+
+
+def _stable_ends(app: PipelineApp, topic: str) -> dict[int, int]:
+    """Per assigned partition, the last stable offset of the last fetch (read_committed)."""
+    kafka: Any = app.consumer
+    thread_consumer = kafka._thread._consumer
+    if thread_consumer is None:
+        return {}
+    ends: dict[int, int] = {}
+    for tp in kafka.assignment():
+        if tp.topic != topic:
+            continue
+        lso, hw = thread_consumer.last_stable_offset(tp), thread_consumer.highwater(tp)
+        if lso is not None and hw is not None and 0 <= lso <= hw:
+            ends[tp.partition] = lso
+    return ends
 
 
 def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> None:

@@ -219,6 +219,9 @@ def split_runs(runs: Sequence[FetchedRun], lanes: int, limit: int) -> list[Seque
     """
     pieces: list[FetchedRun] = []
     for run in runs:
+        if not run.records:  # a tail probe: nothing to cut
+            pieces.append(run)
+            continue
         parts = split_by_bytes(run.records, limit)
         for i, part in enumerate(parts):
             end = parts[i + 1][0].offset if i + 1 < len(parts) else run.fetched_to

@@ -28,6 +28,7 @@ from pipeline.batch import (
     Limits,
     Message,
     PartitionProgress,
+    Run,
     plan_batch,
     state_key,
 )
@@ -84,6 +85,7 @@ class Processor:
         clock: Callable[[], float] = time.time,
         refetch: Refetch | None = None,
     ) -> None:
+        self._topic = settings.events_topic
         self._limits = Limits(
             max_message_bytes=settings.max_message_bytes,
             max_event_age_s=settings.max_event_age_seconds,
@@ -108,6 +110,7 @@ class Processor:
         self._positioned: dict[int, tuple[int, int]] = {}
         # Partitions assigned but stopped: durable offset outside the broker's log.
         self.stopped: dict[int, OutOfRange] = {}
+        self._probed: dict[int, int] = {}  # partition -> frontier at the last tail check
 
     @property
     def sink_busy_retrying(self) -> bool:
@@ -159,6 +162,27 @@ class Processor:
             if p in starts and p not in self.stopped:
                 self._positioned[p] = (epoch, starts[p])
 
+    def tail_probes(self, ends: Mapping[int, int]) -> list[Run]:
+        """Probes for idle partitions whose frontier stays short of the log's stable end.
+
+        The last offsets of a log can hold no record a consumer sees (the
+        commit or abort marker of an upstream transaction, aborted records):
+        no run ever arrives to move the durable offset over them. A partition
+        whose frontier has not moved since the last call and lies below
+        ``ends`` (its last stable offset) gets an empty run: planning reads
+        the stretch from the broker, which proves those offsets absent.
+        """
+        probes: list[Run] = []
+        for p, (epoch, _) in self._positioned.items():
+            frontier, end = self.guard.frontier(p), ends.get(p)
+            if frontier is None or end is None or frontier >= end:
+                self._probed.pop(p, None)
+                continue
+            if self._probed.get(p) == frontier:
+                probes.append(Run(p, (), end, epoch))
+            self._probed[p] = frontier
+        return probes
+
     def on_revoked(self, partitions: Iterable[int]) -> None:
         parts = list(partitions)
         self.guard.forget(parts)
@@ -205,7 +229,7 @@ class Processor:
         messages, spans = self._admit(runs)
         if not spans:
             return None
-        messages = await self._fill_holes(runs[0].records[0].topic, messages, spans)
+        messages = await self._fill_holes(self._topic, messages, spans)
         first_offsets: dict[int, int] = {}
         for m in messages:
             if m.offset < first_offsets.get(m.partition, m.offset + 1):
@@ -228,7 +252,7 @@ class Processor:
             # Revoked while it was planned: its new owner reads it; nothing moved yet.
             self.metrics.skipped.inc(len(messages))
             return None
-        plan.topic = plan.topic or runs[0].records[0].topic
+        plan.topic = self._topic
         self._advance(plan, spans)
         held = {p: o for p, o in self.guard.held().items() if p in spans}
         self.metrics.offset_gaps.inc(len(held))
@@ -247,8 +271,12 @@ class Processor:
         for run in runs:
             p, records = run.partition, run.records
             positioned = self._positioned.get(p)
-            if not records or positioned is None or run.epoch < positioned[0]:
+            if positioned is None or run.epoch < positioned[0]:
                 skipped += len(records)
+                continue
+            if not records:
+                # A tail probe (tail_probes): read up to fetched_to from the broker.
+                spans.setdefault(p, []).append(Span(run.fetched_to, run.fetched_to))
                 continue
             if run.fetched_to <= positioned[1]:
                 # Read after the seek, yet behind where it seeked: the consumer's

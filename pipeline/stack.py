@@ -101,13 +101,14 @@ class StackInfo:
     state_dir: Path
     events_topic: str = "events"
     notices: tuple[str, ...] = ()  # what ``up`` changed that the user should know
+    broker: str = "tansu"  # tansu (memory-only) or kafka (Apache Kafka, log kept in the folder)
 
     def exports(self) -> str:
         """Shell lines that point the other commands at this stack."""
         values = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "DATABASE_URL": self.database_url,
-            "KAFKA_BROKER_PROFILE": "tansu",
+            "KAFKA_BROKER_PROFILE": self.broker,
             "EVENTS_TOPIC": self.events_topic,
         }
         return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items())
@@ -121,6 +122,7 @@ class _Proc:
     port: int
     started_now: bool
     stop_signal: signal.Signals
+    controller_port: int | None = None  # Apache Kafka's KRaft controller
 
 
 # ---------------------------------------------------------------------------- processes
@@ -567,16 +569,42 @@ def _locked(state_dir: Path) -> Iterator[None]:
 # ---------------------------------------------------------------------------- up / down / status
 
 
-def _ensure_broker(state_dir: Path, old: dict[str, Any]) -> _Proc:
+def _ensure_broker(state_dir: Path, old: dict[str, Any], kind: str) -> _Proc:
     prev = old.get("broker") or {}
     pid, port = prev.get("pid"), prev.get("port")
-    if isinstance(pid, int) and isinstance(port, int):
-        if _alive(pid, _listener(port)) and _kafka_metadata_ok(port):
+    if isinstance(pid, int) and isinstance(port, int) and prev.get("kind", "tansu") == kind:
+        if _alive(pid, _broker_marker(state_dir, kind, port)) and _kafka_metadata_ok(port):
             log.info("broker pid %d already running on port %d", pid, port)
-            return _Proc(pid, port, False, BROKER_STOP_SIGNAL)
-        log.info("broker pid %d from %s is gone; starting a new (empty) one", pid, STATE_FILE)
+            return _Proc(pid, port, False, _broker_stop_signal(kind), prev.get("controller_port"))
+        log.info("broker pid %d from %s is gone; starting a new one", pid, STATE_FILE)
+    if kind == "kafka":
+        same = prev.get("kind") == kind
+        node = _start_kafka_on(state_dir, prev.get("port"), prev.get("controller_port"), same)
+        return _Proc(node.pid, node.port, True, signal.SIGTERM, node.controller_port)
     proc, port = start_broker(state_dir / "broker.log")
     return _Proc(proc.pid, port, True, BROKER_STOP_SIGNAL)
+
+
+def _start_kafka_on(state_dir: Path, port: Any, controller: Any, reuse: bool) -> Any:
+    """Apache Kafka on the folder's data, on its last ports when they are free."""
+    from pipeline.kafka_broker import start_kafka
+
+    data, log_file = state_dir / "kafka", state_dir / "kafka.log"
+    kept = reuse and isinstance(port, int) and isinstance(controller, int)
+    if kept and not (_port_open(port) or _port_open(controller)):
+        return start_kafka(data, log_file, port, controller)
+    return start_kafka(data, log_file)
+
+
+def _broker_marker(state_dir: Path, kind: str, port: int) -> str:
+    """What the broker's command line holds (guards against a recycled pid)."""
+    return str(state_dir / "kafka" / "server.properties") if kind == "kafka" else _listener(port)
+
+
+def _broker_stop_signal(kind: str) -> signal.Signals:
+    # Apache Kafka shuts down cleanly on SIGTERM (its log stays consistent);
+    # the memory-only Tansu keeps nothing, so it is simply killed.
+    return signal.SIGTERM if kind == "kafka" else BROKER_STOP_SIGNAL
 
 
 async def _ensure_postgres(settings: Settings, state_dir: Path) -> tuple[str, _Proc | None]:
@@ -599,27 +627,32 @@ async def _prepare_contents(settings: Settings, dsn: str) -> None:
     )
 
 
-async def stack_up(settings: Settings, state_dir: Path = Path(".stack")) -> StackInfo:
+async def stack_up(
+    settings: Settings, state_dir: Path = Path(".stack"), broker: str = "tansu"
+) -> StackInfo:
     """Start (or find running) the broker and PostgreSQL, migrate, create topics.
 
-    Idempotent: while the stack runs, a second call starts nothing and returns the same
-    info. On failure, whatever this call started is stopped again.
+    ``broker``: ``tansu`` (memory-only, the default: only Python needed) or
+    ``kafka`` (Apache Kafka in KRaft mode, its log kept in ``state_dir``; needs
+    Java 17 and Maven). Idempotent: while the stack runs, a second call starts
+    nothing and returns the same info. On failure, whatever this call started
+    is stopped again.
     """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = await asyncio.to_thread(_acquire_lock, state_dir)
     try:
-        return await _stack_up_locked(settings, state_dir)
+        return await _stack_up_locked(settings, state_dir, broker)
     finally:
         os.close(fd)
 
 
 async def _start_servers(
-    settings: Settings, state_dir: Path, old: dict[str, Any]
+    settings: Settings, state_dir: Path, old: dict[str, Any], kind: str
 ) -> tuple[_Proc, str, _Proc | None]:
     """Broker and PostgreSQL at once: the broker is ready in ms, a first initdb takes ~1 s."""
     broker, pg = await asyncio.gather(
-        asyncio.to_thread(_ensure_broker, state_dir, old),
+        asyncio.to_thread(_ensure_broker, state_dir, old, kind),
         _ensure_postgres(settings, state_dir),
         return_exceptions=True,
     )
@@ -639,23 +672,26 @@ def _undo(procs: list[_Proc | None]) -> None:
             stop_pid(proc.pid, timeout=30.0, sig=proc.stop_signal)
 
 
-async def _stack_up_locked(settings: Settings, state_dir: Path) -> StackInfo:
+async def _stack_up_locked(settings: Settings, state_dir: Path, kind: str) -> StackInfo:
     old = _read_state(state_dir)
-    broker, dsn, pg = await _start_servers(settings, state_dir, old)
+    broker, dsn, pg = await _start_servers(settings, state_dir, old, kind)
     bootstrap = f"{HOST}:{broker.port}"
     # The local broker is plain TCP whatever security the environment asks for.
     local = settings.with_overrides(
-        kafka_bootstrap_servers=bootstrap, broker_profile="tansu", kafka_security=KafkaSecurity()
+        kafka_bootstrap_servers=bootstrap, broker_profile=kind, kafka_security=KafkaSecurity()
     )
     try:
         await _prepare_contents(local, dsn)
-        notices = await _forget_offsets_of_an_old_log(local, dsn) if broker.started_now else ()
-        _write_state(state_dir, _state(state_dir, broker, pg, dsn, old))
+        fresh_memory_broker = broker.started_now and kind == "tansu"
+        notices = await _forget_offsets_of_an_old_log(local, dsn) if fresh_memory_broker else ()
+        _write_state(state_dir, _state(state_dir, broker, pg, dsn, old, kind))
     except BaseException:
         _undo([broker, pg])
         raise
     pg_pid = pg.pid if pg else None
-    return StackInfo(bootstrap, dsn, broker.pid, pg_pid, state_dir, settings.events_topic, notices)
+    return StackInfo(
+        bootstrap, dsn, broker.pid, pg_pid, state_dir, settings.events_topic, notices, kind
+    )
 
 
 async def _forget_offsets_of_an_old_log(settings: Settings, dsn: str) -> tuple[str, ...]:
@@ -681,7 +717,7 @@ async def _forget_offsets_of_an_old_log(settings: Settings, dsn: str) -> tuple[s
 
 
 def _state(
-    state_dir: Path, broker: _Proc, pg: _Proc | None, dsn: str, old: dict[str, Any]
+    state_dir: Path, broker: _Proc, pg: _Proc | None, dsn: str, old: dict[str, Any], kind: str
 ) -> dict[str, Any]:
     postgres = None
     if pg is not None:
@@ -690,7 +726,12 @@ def _state(
         # An embedded server from an earlier `up` keeps running unused: stay able to stop it.
         postgres = old["postgres"]
     return {
-        "broker": {"pid": broker.pid, "port": broker.port},
+        "broker": {
+            "pid": broker.pid,
+            "port": broker.port,
+            "kind": kind,
+            "controller_port": broker.controller_port,
+        },
         "postgres": postgres,
         "database_url": dsn,
         "external_database": pg is None,
@@ -708,18 +749,22 @@ def stack_down(state_dir: Path = Path(".stack")) -> list[str]:
         return [f"nothing to stop: {state_dir} does not exist"]
     with _locked(state_dir):
         state = _read_state(state_dir)
-        lines = _stop_broker(state.get("broker")) + _stop_postgres(state_dir, state.get("postgres"))
+        broker = _stop_broker(state_dir, state.get("broker"))
+        lines = broker + _stop_postgres(state_dir, state.get("postgres"))
         (state_dir / STATE_FILE).unlink(missing_ok=True)
     return lines or [f"nothing to stop in {state_dir}"]
 
 
-def _stop_broker(entry: dict[str, Any] | None) -> list[str]:
+def _stop_broker(state_dir: Path, entry: dict[str, Any] | None) -> list[str]:
     if not entry:
         return []
-    pid, port = int(entry["pid"]), int(entry["port"])
-    if not _alive(pid, _listener(port)):
+    pid, port, kind = int(entry["pid"]), int(entry["port"]), entry.get("kind", "tansu")
+    if not _alive(pid, _broker_marker(state_dir, kind, port)):
         return [f"broker pid {pid} was not running"]
-    stop_pid(pid, sig=BROKER_STOP_SIGNAL)
+    stop_pid(pid, timeout=30.0, sig=_broker_stop_signal(kind))
+    if kind == "kafka":
+        kept = state_dir / "kafka"
+        return [f"Apache Kafka pid {pid} on {HOST}:{port} stopped (log kept in {kept})"]
     return [f"broker pid {pid} on {HOST}:{port} stopped (its topics are gone)"]
 
 
@@ -742,10 +787,12 @@ def _status(state_dir: Path) -> tuple[bool, list[str]]:
     lines: list[str] = []
     broker = state.get("broker") or {}
     if broker:
-        pid, port = int(broker["pid"]), int(broker["port"])
-        alive = _alive(pid, _listener(port)) and _port_open(port)
+        pid, port, kind = int(broker["pid"]), int(broker["port"]), broker.get("kind", "tansu")
+        alive = _alive(pid, _broker_marker(state_dir, kind, port)) and _port_open(port)
         ok &= alive
-        lines.append(f"broker: pid {pid} on {HOST}:{port} {'alive' if alive else 'NOT running'}")
+        name = "Apache Kafka" if kind == "kafka" else "Tansu (memory-only)"
+        state_word = "alive" if alive else "NOT running"
+        lines.append(f"broker: {name} pid {pid} on {HOST}:{port} {state_word}")
     pg = state.get("postgres")
     if pg:
         alive = _pg_entry_alive(pg)
@@ -774,6 +821,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         description='Local broker + PostgreSQL. Use: eval "$(python -m pipeline stack up)"',
     )
     parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="up: tansu (memory-only, default) or kafka (Apache Kafka; needs Java 17 and Maven)",
+    )
     parser.add_argument("--dir", type=Path, default=Path(".stack"), help="state folder")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return parser.parse_args(argv)
@@ -786,7 +839,7 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     try:
         if args.command == "up":
-            info = asyncio.run(stack_up(Settings.from_env(), args.dir))
+            info = asyncio.run(stack_up(Settings.from_env(), args.dir, args.broker))
             for notice in info.notices:
                 print(f"notice: {notice}", file=sys.stderr)
             _, lines = _status(args.dir)

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from pipeline.batch import RawMessage, Run
+from pipeline.batch import RawMessage, Run, split_runs
 from pipeline.dedup_state import DedupState
 from pipeline.offsets import LogRange, Span
 from pipeline.processor import Processor
@@ -289,3 +289,26 @@ async def test_a_given_up_batch_cancels_its_dead_letter_publish() -> None:
     await asyncio.wait_for(cancelled.wait(), 1)
     assert started.is_set()
     assert p.durable[0] == 0
+
+
+async def test_an_idle_tail_of_control_markers_is_probed_and_passed() -> None:
+    # An upstream transaction's commit marker at offset 5, the log's last: no run
+    # ever arrives to move the durable offset over it.
+    async def refetch(topic: str, partition: int, start: int, end: int) -> Any:
+        return [], end  # the broker read through: nothing there
+
+    p = processor(refetch)
+    assign(p, [0], {0: (0, None)})
+    first = await p.prepare([run(0, range(0, 5))])
+    assert first is not None and first.plan.progress[0].next_offset == 5
+    assert p.tail_probes({0: 6}) == []  # first look: the frontier may still move
+    [probe] = p.tail_probes({0: 6})  # unchanged since: probe it
+    assert (probe.partition, list(probe.records), probe.fetched_to) == (0, [], 6)
+    prepared = await p.prepare([probe])
+    assert prepared is not None and prepared.plan.progress[0].next_offset == 6
+    assert p.tail_probes({0: 6}) == []  # caught up
+
+
+def test_an_empty_probe_run_survives_the_lane_split() -> None:
+    probe = Run(0, (), 9)
+    assert split_runs([probe, run(1, range(0, 3))], 2, 10**6) == [[probe, run(1, range(0, 3))]]
