@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test unit lint bench tools clean
+.PHONY: setup demo test unit lint bench soak tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m pipeline bench
+
+## soak: ROUNDS rounds of crashes and rescaling per broker (Tansu, Apache Kafka), exact checks
+ROUNDS ?= 30
+soak: setup
+	CHAOS_ROUNDS=$(ROUNDS) $(BIN)/python -m pytest -q -p no:cacheprovider -x tests/chaos/test_soak.py
 
 clean:
 	-$(BIN)/python -m pipeline stack down 2>/dev/null

@@ -127,7 +127,7 @@ class DurableConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return epochs
 
 
-class DurableConsumer(faust_aiokafka.Consumer):
+class DurableConsumer(eager.EagerWaitFirst, faust_aiokafka.Consumer):
     """See the module docstring."""
 
     logger = faust_aiokafka.logger
@@ -142,9 +142,6 @@ class DurableConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> DurableConsumerThread:
         return DurableConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
-        return await eager.eager_wait_first(self, super().wait_first, coros, timeout)
 
     def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         return delivery.getmany_runs(self, self.app.runtime.settings.events_topic, timeout)

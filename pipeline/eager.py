@@ -22,19 +22,17 @@ from typing import Any
 
 from mode.services import WaitResults
 
-__all__ = ["eager_wait_first", "install", "unlocked_on_message"]
+__all__ = ["EagerWaitFirst", "eager_wait_first", "unlocked_on_message"]
 
 WaitFirst = Callable[..., Awaitable[Any]]
 
 
-def install(service: Any) -> None:
-    """Give ``service`` (a mode Service, here Faust's consumer) the eager ``wait_first``."""
-    original: WaitFirst = service.wait_first
+class EagerWaitFirst:
+    """Mixin for a mode Service (here Faust's consumer): the eager ``wait_first``."""
 
-    async def wait_first(*coros: Any, timeout: float | None = None) -> Any:
-        return await eager_wait_first(service, original, coros, timeout)
-
-    service.wait_first = wait_first
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        original: WaitFirst = super().wait_first  # type: ignore[misc]
+        return await eager_wait_first(self, original, coros, timeout)
 
 
 def unlocked_on_message(conductor: Any) -> Callable[[Any], Awaitable[Any]]:

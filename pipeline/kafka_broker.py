@@ -362,8 +362,7 @@ def _format_storage(java: str, lib: Path, data_dir: Path, cluster_id: str) -> No
         f"{lib}/*",
         _storage_tool(lib),
         "format",
-        "--cluster-id",
-        cluster_id,
+        f"--cluster-id={cluster_id}",  # an id may start with "-": never a separate word
         "--config",
         str(data_dir / "server.properties"),
         "--ignore-formatted",

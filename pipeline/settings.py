@@ -53,7 +53,7 @@ class Settings:
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security: KafkaSecurity = KafkaSecurity()
-    # "tansu" applies the measured settings for the local broker (BROKER_NOTES.md):
+    # "tansu" applies the measured settings for the local broker (docs/design.md, "Brokers"):
     # short session timeout so groups join in seconds, changelog batch size 1.
     broker_profile: str = "kafka"
     database_url: str | None = field(default=None, repr=False)

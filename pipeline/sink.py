@@ -11,7 +11,7 @@ replayed batch inserts nothing new and so adds nothing.
 Transient failures (connection lost, database restarting, deadlock) are retried
 here with backoff, forever, unless the caller says to abandon the batch (its
 partitions were revoked or the worker stops): a failure must never escape to
-Faust's ``take()``, which would ack the events anyway (DESIGN.md, traps).
+Faust's ``take()``, which would ack the events anyway (docs/design.md, "The Faust seam").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every topic is created up front with its intended partition count: a Metadata
 request for an unknown topic may auto-create it with the broker's default count
-(BROKER_NOTES.md), which would break Faust's changelog co-partitioning.
+(docs/design.md, "Brokers"), which would break Faust's changelog co-partitioning.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Async publisher library: batched, acks=all, keyed by dedup key, envelopes per partition.
 
 Every event's Kafka key is its dedup key, so all copies of an event land on one
-partition (DESIGN.md). With ``envelope_size > 1`` the events bound for one
+partition (docs/design.md). With ``envelope_size > 1`` the events bound for one
 partition are grouped into JSON-array messages (batch envelopes) whose key is
 their first event's key: every event in an envelope hashes to the envelope's
 partition. Records go out with ``send_batch`` per partition, not one ``send()``

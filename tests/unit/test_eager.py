@@ -11,15 +11,13 @@ from mode import Service
 from pipeline import eager
 
 
-class Svc(Service):
+class Svc(eager.EagerWaitFirst, Service):
     pass
 
 
 @pytest.fixture
 def svc() -> Svc:
-    s = Svc()
-    eager.install(s)
-    return s
+    return Svc()
 
 
 async def test_a_callback_that_does_not_suspend_runs_in_place(svc: Svc) -> None:
