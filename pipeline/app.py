@@ -55,6 +55,12 @@ class Intake:
         self._settings = settings
         self._queue: asyncio.Queue[list[FetchedRun]] = asyncio.Queue(maxsize=1)
         self._task: asyncio.Task[None] | None = None
+        self._planning = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits here and nothing is being planned."""
+        return self._queue.empty() and not self._planning
 
     async def put(self, runs: list[FetchedRun]) -> None:
         if self._task is None or self._task.done():
@@ -72,11 +78,13 @@ class Intake:
         try:
             while True:
                 runs = await self._queue.get()
+                self._planning = True
                 for chunk in split_runs(runs, s.sink_lanes, s.batch_bytes):
                     prepared = await app.processor.prepare(chunk)
                     if prepared is not None:
                         abandon = _abandon_check(app, set(prepared.plan.progress), s.events_topic)
                         await app.write_behind.submit(prepared, abandon)
+                self._planning = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: stop here, a supervisor restarts the worker
@@ -242,7 +250,13 @@ def create_app(settings: Settings) -> PipelineApp:
     async def probe_idle_tails() -> None:
         # Trailing control markers (upstream transactions) hold no record: the
         # durable offset would stop short of the log end forever (Processor.tail_probes).
-        probes = app.processor.tail_probes(_stable_ends(app, settings.events_topic))
+        if not app.intake.idle or app.write_behind.in_flight:
+            return
+        try:
+            probes = app.processor.tail_probes(_fetched_through(app, settings.events_topic))
+        except Exception as exc:  # a helper: it must never stop the worker
+            log.warning("tail probe skipped", extra={"error": repr(exc)})
+            return
         if probes:
             await app.intake.put(list(probes))
 
@@ -250,19 +264,13 @@ def create_app(settings: Settings) -> PipelineApp:
     return app
 
 
-def _stable_ends(app: PipelineApp, topic: str) -> dict[int, int]:
-    """Per assigned partition, the last stable offset of the last fetch (read_committed)."""
+def _fetched_through(app: PipelineApp, topic: str) -> dict[int, int]:
+    """Per assigned partition, how far the consumer has fetched (its position)."""
     kafka: Any = app.consumer
-    thread_consumer = kafka._thread._consumer
-    if thread_consumer is None:
-        return {}
     ends: dict[int, int] = {}
     for tp in kafka.assignment():
-        if tp.topic != topic:
-            continue
-        lso, hw = thread_consumer.last_stable_offset(tp), thread_consumer.highwater(tp)
-        if lso is not None and hw is not None and 0 <= lso <= hw:
-            ends[tp.partition] = lso
+        if tp.topic == topic and (position := kafka.fetch_position(tp)) is not None:
+            ends[tp.partition] = position
     return ends
 
 

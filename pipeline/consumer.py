@@ -25,6 +25,12 @@ What is overridden, and why:
     fetch (``delivery.py``); other topics (changelogs) record by record.
   * ``wait_first`` and the conductor callback: cheaper per-message delivery
     for the changelog records (``eager.py``).
+  * ``seek_wait``: a negative or unknown (None) offset becomes 0. Faust's table
+    recovery seeks a changelog partition to "earliest - 1", which is -2 when
+    the broker answers -1 for an empty partition, or None when it answers
+    nothing (both seen on Tansu under SIGKILLs); aiokafka then raised and the
+    worker exited. Offset 0 reads the changelog from its start, which is what
+    recovery wants.
 
 ``DurableConsumerThread`` (the thread that owns aiokafka's consumer)
   * ``_create_worker_consumer``: ``isolation_level=read_committed``, so
@@ -105,7 +111,8 @@ class DurableConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 continue
             position = None
             if assignment is not None and tp in assignment.tps:
-                position = assignment.state_value(tp).position
+                state = assignment.state_value(tp)
+                position = state.position if state.has_valid_position else None
             end = fetched[-1].offset + 1
             stamped[tp] = delivery.Fetched(
                 fetched, self._epochs.get(tp, 0), max(end, position or end)
@@ -164,6 +171,18 @@ class DurableConsumer(eager.EagerWaitFirst, faust_aiokafka.Consumer):
         return dict(
             self.app.processor.cap_commits(self.app.runtime.settings.events_topic, committable)
         )
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        await super().seek_wait({tp: max(offset or 0, 0) for tp, offset in partitions.items()})
+
+    def fetch_position(self, tp: TP) -> int | None:
+        """The consumer thread's fetch position for ``tp`` (read across threads: an int)."""
+        consumer = self._thread._consumer
+        assignment = consumer._subscription.subscription if consumer is not None else None
+        if assignment is None or tp not in assignment.assignment.tps:
+            return None
+        state = assignment.assignment.state_value(tp)
+        return int(state.position) if state.has_valid_position else None  # none while seeking
 
     async def seek_durable(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
         """Seek in the consumer's thread; the epochs let stale runs be told apart."""

@@ -163,14 +163,15 @@ class Processor:
                 self._positioned[p] = (epoch, starts[p])
 
     def tail_probes(self, ends: Mapping[int, int]) -> list[Run]:
-        """Probes for idle partitions whose frontier stays short of the log's stable end.
+        """Probes for idle partitions whose frontier stays short of the fetch position.
 
         The last offsets of a log can hold no record a consumer sees (the
         commit or abort marker of an upstream transaction, aborted records):
-        no run ever arrives to move the durable offset over them. A partition
-        whose frontier has not moved since the last call and lies below
-        ``ends`` (its last stable offset) gets an empty run: planning reads
-        the stretch from the broker, which proves those offsets absent.
+        the consumer's position moves over them, but no run ever arrives to
+        move the durable offset. A partition whose frontier has not moved
+        since the last call and lies below ``ends`` (how far the consumer has
+        fetched) gets an empty run: planning reads the stretch from the
+        broker, which proves those offsets absent (or returns what is there).
         """
         probes: list[Run] = []
         for p, (epoch, _) in self._positioned.items():
