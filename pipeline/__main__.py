@@ -96,7 +96,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench import run_bench
 
-    return run_bench(settings, count=args.count, as_json=args.json, runs=args.runs, only=args.only)
+    return run_bench(
+        settings, args.count, args.json, runs=args.runs, only=args.only, broker=args.broker
+    )
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians")
     b.add_argument(
         "--only", default=None, help="scenarios whose name holds one of these comma-separated words"
+    )
+    b.add_argument(
+        "--broker", choices=["tansu", "kafka"], default="tansu", help="the broker to measure on"
     )
     b.set_defaults(run=_bench)
     r = sub.add_parser(

@@ -88,15 +88,20 @@ def _say(text: str) -> None:
 
 
 def run_bench(
-    settings: Settings, count: int, as_json: bool, runs: int = 3, only: str | None = None
+    settings: Settings,
+    count: int,
+    as_json: bool,
+    runs: int = 3,
+    only: str | None = None,
+    broker: str = "tansu",
 ) -> int:
     shutil.rmtree(BENCH_DIR, ignore_errors=True)
-    _say(f"== embedded stack in {BENCH_DIR}")
-    info = asyncio.run(stack_up(settings.with_overrides(database_url=None), BENCH_DIR))
+    _say(f"== embedded stack in {BENCH_DIR} ({broker})")
+    info = asyncio.run(stack_up(settings.with_overrides(database_url=None), BENCH_DIR, broker))
     base = settings.with_overrides(
         kafka_bootstrap_servers=info.bootstrap_servers,
         database_url=info.database_url,
-        broker_profile="tansu",
+        broker_profile=broker,
         data_dir=str(BENCH_DIR / "worker"),
         log_level="WARNING",
     )
