@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.kafka_broker import KAFKA_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -142,6 +144,10 @@ def test_compose_file_validates_and_defines_the_stack(
     )
     assert config.get(svc("gateway", "depends_on", "kafka", "condition")) == "service_healthy"
     assert svc("gateway", "ports") in config
+
+    # Production runs the Apache Kafka version the suite tests (KRaft, official image).
+    assert config[svc("kafka", "image")] == f"apache/kafka:{KAFKA_VERSION}"
+    assert config[svc("kafka", "environment", "KAFKA_PROCESS_ROLES")] == "broker,controller"
 
     # The load generator runs only on request.
     assert svc("loadgen", "profiles") in config
