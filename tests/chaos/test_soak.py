@@ -51,7 +51,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.brokers]
 
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "3"))
 SEED = int(os.environ.get("CHAOS_SEED", "0")) or random.randrange(1, 10**9)
-COUNT = 12_000
+COUNT = int(os.environ.get("CHAOS_COUNT", "8000"))  # events per round
 RATE = 3_000.0  # events/s while the workers are disturbed
 PARTITIONS = 6
 PROCESS_TIMEOUT = 120.0

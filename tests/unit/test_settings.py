@@ -302,3 +302,19 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.web_port = 1  # type: ignore[misc]
+
+
+def test_the_worker_refuses_a_faust_it_was_not_written_for() -> None:
+    from pipeline.consumer import FAUST_VERSION, check_faust_version
+
+    check_faust_version(FAUST_VERSION)
+    with pytest.raises(ConfigError, match=r"faust-streaming 0\.16\.0 is installed"):
+        check_faust_version("0.16.0")
+
+
+def test_topic_replication_and_session_timeout_come_from_the_environment() -> None:
+    s = Settings.from_env({"TOPIC_REPLICATION_FACTOR": "3", "WORKER_SESSION_TIMEOUT_SECONDS": "10"})
+    assert (s.topic_replication, s.session_timeout_seconds) == (3, 10.0)
+    assert Settings.from_env({}).session_timeout_seconds is None
+    with pytest.raises(ConfigError, match="WORKER_SESSION_TIMEOUT_SECONDS"):
+        Settings.from_env({"WORKER_SESSION_TIMEOUT_SECONDS": "1"})
