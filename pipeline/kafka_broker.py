@@ -80,6 +80,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.commit import OffsetFetchRequest
 
 from pipeline.errors import StackError
+from pipeline.procs import spawn_detached
 
 __all__ = [
     "CLUSTER_HEAP_MB",
@@ -496,16 +497,7 @@ def _spawn(
         "kafka.Kafka",
         str(props),
     ]
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir,
-            start_new_session=True,
-        )
+    return spawn_detached(cmd, log_file, cwd=data_dir)
 
 
 def _run_async(coro: Coroutine[Any, Any, _T]) -> _T:

@@ -52,6 +52,7 @@ from pipeline import sql
 from pipeline.errors import PipelineError, StackError
 from pipeline.logs import redact_dsn
 from pipeline.migrate import apply_migrations
+from pipeline.procs import spawn_detached
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.topics import ensure_topics
 
@@ -258,16 +259,7 @@ def spawn_broker(
     cmd = [binary, "broker", "--listener-url", url]
     cmd += ["--advertised-listener-url", _listener(advertised_port or port)]
     cmd += ["--storage-engine", "memory://tansu/"]
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        # A new session: Ctrl-C in the shell that ran `stack up` must not reach the broker.
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn_detached(cmd, log_file)
 
 
 def _wait_broker_ready(proc: subprocess.Popen[bytes], port: int, log_file: Path) -> bool:
