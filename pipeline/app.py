@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -43,7 +43,7 @@ _SEEK_DELAY_S = float(os.environ.get("PIPELINE_TEST_SEEK_DELAY_S", "0") or 0)
 class Intake:
     """Plans and writes the agent's takes in order, in a task of its own.
 
-    The agent hands a take over and goes back to ``take_records`` at once, so
+    The agent hands a take over and goes back to ``take_events`` at once, so
     Faust fills the next take while this one is planned and written; at most
     one take waits here (backpressure). Takes are acked when handed over, before
     they are durable: Kafka commits are capped at the durable offsets, and a
@@ -277,11 +277,14 @@ def _fetched_through(app: PipelineApp, topic: str) -> dict[int, int]:
 def _wire_agent(app: PipelineApp, topic: faust.TopicT, settings: Settings) -> None:
     @app.agent(topic, name="process-events")  # type: ignore[arg-type]
     async def process_events(stream: faust.Stream[bytes]) -> None:
-        takes = delivery.take_records(stream, settings.batch_max, settings.batch_seconds)
+        # A fetch hands over at most one run per partition (delivery.py), of at
+        # most SINK_BATCH_MAX records in all: a take of that many runs is about
+        # one fetch, or what came within SINK_BATCH_SECONDS.
+        takes = stream.take_events(settings.events_partitions, settings.batch_seconds)
         async for events in takes:
             # The runs of records as fetched (delivery.RecordRun): planning reads
             # their records and what their fetch proved.
-            await app.intake.put([e.message for e in events])
+            await app.intake.put([cast(delivery.RecordRun, e.message) for e in events])
 
 
 def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callable[[], bool]:
@@ -295,7 +298,7 @@ def _abandon_check(app: PipelineApp, partitions: set[int], topic: str) -> Callab
 
 
 def _die(exc: BaseException) -> None:
-    # Exit before take_records' `finally` can ack the batch: nothing of it is
+    # Exit before take_events' `finally` can ack the batch: nothing of it is
     # durable, so nothing of it may be committed.
     log.critical("fatal sink error, exiting", extra={"error": str(exc)})
     logging.shutdown()

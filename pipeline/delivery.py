@@ -8,8 +8,8 @@ more than planning and writing it.
 
 Here the consumer's ``getmany`` hands each partition's records of one fetch to
 Faust as one message, a :class:`RecordRun` (its offset is the run's last one),
-and :func:`take_records` fills a take up to a number of records instead of
-events. Everything else stays Faust's: the consumer group and its rebalances,
+and the agent takes them with Faust's own ``take_events``, a take holding
+about one fetch. Everything else stays Faust's: the consumer group and its rebalances,
 flow control and seeks, the stream, its acks and offset commits (the offsets
 inside a run are the fetch loop's "gap" before its last one, committable when
 the run is acked, as for any gap), the tables and their changelogs. Records of
@@ -18,16 +18,14 @@ other topics (changelogs, during recovery) are delivered one by one as before.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
-from mode.utils.futures import notify
 
-__all__ = ["Fetched", "RecordRun", "getmany_runs", "run_of", "take_records"]
+__all__ = ["Fetched", "RecordRun", "getmany_runs", "run_of"]
 
 log = logging.getLogger(__name__)
 
@@ -119,75 +117,3 @@ async def getmany_runs(consumer: Any, topic: str, timeout: float) -> AsyncIterat
         else:
             for record in fetched:
                 yield tp, to_message(tp, record)
-
-
-def records_in(event: Any) -> int:
-    message = event.message
-    return len(message.records) if isinstance(message, RecordRun) else 1
-
-
-async def take_records(
-    stream: Any, max_records: int, within: float, size: Callable[[Any], int] = records_in
-) -> AsyncIterator[list[Any]]:
-    """``stream.take_events``, full at ``max_records`` records rather than events.
-
-    Faust's own take (``faust.streams.Stream.take_events``, faust-streaming
-    0.15.3), with the buffer's size counted in records: the stream is consumed
-    passively into the buffer; a take is handed over when it holds
-    ``max_records`` records or ``within`` seconds passed, and its events are
-    acked once the consumer of the take asks for the next one. ``size`` tells
-    an event's records.
-    """
-    events: list[Any] = []
-    held = 0  # records in the take
-    buffer_full = asyncio.Event()
-    buffer_consumed = asyncio.Event()
-    buffer_consuming: asyncio.Future[None] | None = None
-    stream_enable_acks: bool = stream.enable_acks
-    channel_it = stream.channel.__aiter__()
-
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal buffer_consuming, held
-        try:
-            if buffer_consuming is not None:
-                try:
-                    await buffer_consuming
-                finally:
-                    buffer_consuming = None
-            event = stream.current_event
-            if event is None:
-                raise RuntimeError("Take buffer found current_event is None")
-            events.append(event)
-            held += size(event)
-            if held >= max_records:
-                buffer_full.set()
-                buffer_consumed.clear()
-                await stream.wait(buffer_consumed)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("adding to the take failed")
-            await stream.crash(exc)
-        return value
-
-    stream.enable_acks = False  # acked below, once the take was consumed
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(channel_it)
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(buffer_full, timeout=within)
-            if events:
-                buffer_consuming = stream.loop.create_future()
-                try:
-                    yield list(events)
-                finally:
-                    for event in events:
-                        await stream.ack(event)
-                    events.clear()
-                    held = 0
-                    notify(buffer_consuming)
-                    buffer_full.clear()
-                    buffer_consumed.set()
-    finally:
-        stream.enable_acks = stream_enable_acks
-        stream._processors.remove(add_to_buffer)

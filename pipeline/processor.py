@@ -1,6 +1,6 @@
 """One batch, start to end: plan → dead letters → sink → state, in that order.
 
-The Faust agent hands each take (``delivery.take_records``) here, as runs of
+The Faust agent hands each take (Faust's ``take_events``) here, as runs of
 records with what their fetch proved (``batch.FetchedRun``):
 :meth:`Processor.prepare` keeps the runs fetched after the partition's seek
 to its durable offset, reads the holes they leave from the broker, and plans

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import faust
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
@@ -98,41 +96,6 @@ async def test_a_new_generation_stops_the_delivery() -> None:
     consumer.app.consumer_generation_id = 5  # a rebalance
     rest = await collect(it)
     assert first[0] == p0 and rest == []
-
-
-def agent_taking(max_records: int, within: float, takes: list[list[int]]) -> Any:
-    app = faust.App("take-test", broker="kafka://127.0.0.1:1", web_enabled=False)
-
-    @app.agent()  # type: ignore[misc]
-    async def take(stream: Any) -> None:
-        # An event's value is its number of records here.
-        sized = delivery.take_records(stream, max_records, within, size=lambda e: e.value)
-        async for events in sized:
-            takes.append([e.value for e in events])
-
-    return take
-
-
-async def test_a_take_is_full_at_its_number_of_records_not_of_events() -> None:
-    takes: list[list[int]] = []
-    async with agent_taking(4, 5.0, takes).test_context() as agent:
-        for n in (2, 2, 2, 5, 1, 4):
-            await agent.put(n)
-        await asyncio.sleep(0.05)
-    # [2, 2] holds 4; [2, 5] passes 4 by less than one run; [1] waits for the 4.
-    assert takes[:3] == [[2, 2], [2, 5], [1, 4]]
-
-
-async def test_a_take_that_is_not_full_is_handed_over_after_within() -> None:
-    takes: list[list[int]] = []
-    async with agent_taking(1000, 0.1, takes).test_context() as agent:
-        await agent.put(3)
-        await agent.put(1)
-        for _ in range(50):
-            if takes:
-                break
-            await asyncio.sleep(0.02)
-    assert takes[0] == [3, 1]
 
 
 def test_a_run_carries_what_its_fetch_proved() -> None:
