@@ -157,9 +157,13 @@ class Processor:
         return starts
 
     def on_positioned(self, epochs: Mapping[int, int], starts: Mapping[int, int]) -> None:
-        """The seeks to ``starts`` landed, as seek number ``epochs[p]`` of each partition."""
+        """The seeks to ``starts`` landed, as seek number ``epochs[p]`` of each partition.
+
+        A partition revoked (or stopped) while its seek was in flight stays
+        unpositioned: a rebalance can run between the assignment and the seek.
+        """
         for p, epoch in epochs.items():
-            if p in starts and p not in self.stopped:
+            if p in starts and p in self.durable and p not in self.stopped:
                 self._positioned[p] = (epoch, starts[p])
 
     def tail_probes(self, ends: Mapping[int, int]) -> list[Run]:
@@ -272,7 +276,7 @@ class Processor:
         for run in runs:
             p, records = run.partition, run.records
             positioned = self._positioned.get(p)
-            if positioned is None or run.epoch < positioned[0]:
+            if positioned is None or run.epoch < positioned[0] or p not in self.durable:
                 skipped += len(records)
                 continue
             if not records:

@@ -189,13 +189,15 @@ class OffsetRule(RuleBasedStateMachine):
             self.proc.discard(prepared)
         self.prepared.clear()
 
-    @rule()
-    def revoke(self) -> None:
+    @rule(seek_in_flight=st.booleans())
+    def revoke(self, seek_in_flight: bool) -> None:
+        """A revocation; a seek in flight may still land after it (a rebalance mid-seek)."""
         for prepared in self.prepared:
             self.proc.discard(prepared)
         self.prepared.clear()
         self.proc.on_revoked([P])
-        self.pending_seek = None
+        if not seek_in_flight:
+            self.pending_seek = None
 
     @rule(slow=st.booleans())
     def broker_speed(self, slow: bool) -> None:

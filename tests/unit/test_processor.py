@@ -312,3 +312,15 @@ async def test_an_idle_tail_of_control_markers_is_probed_and_passed() -> None:
 def test_an_empty_probe_run_survives_the_lane_split() -> None:
     probe = Run(0, (), 9)
     assert split_runs([probe, run(1, range(0, 3))], 2, 10**6) == [[probe, run(1, range(0, 3))]]
+
+
+async def test_a_partition_revoked_while_its_seek_was_in_flight_stays_unpositioned() -> None:
+    # Seen in the soak: a rebalance revoked the partition between the assignment
+    # and the seek's landing; the late landing positioned it with no durable offset,
+    # and the next run crashed the intake (KeyError).
+    p = processor()
+    starts = p.on_assigned([1], {1: (10, None)}, {1: WHOLE})
+    p.on_revoked([1])
+    p.on_positioned({1: 5}, starts)
+    assert p.positioned == set()
+    assert await p.prepare([run(1, range(10, 20), epoch=5)]) is None
