@@ -56,6 +56,7 @@ class Intake:
         self._queue: asyncio.Queue[list[FetchedRun]] = asyncio.Queue(maxsize=1)
         self._task: asyncio.Task[None] | None = None
         self._planning = False
+        self._closed = False
 
     @property
     def idle(self) -> bool:
@@ -63,11 +64,14 @@ class Intake:
         return self._queue.empty() and not self._planning
 
     async def put(self, runs: list[FetchedRun]) -> None:
+        if self._closed:
+            return  # stopping: nothing new starts (it is read again from the durable offsets)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         await self._queue.put(runs)
 
     async def stop(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -250,7 +254,7 @@ def create_app(settings: Settings) -> PipelineApp:
     async def probe_idle_tails() -> None:
         # Trailing control markers (upstream transactions) hold no record: the
         # durable offset would stop short of the log end forever (Processor.tail_probes).
-        if not app.intake.idle or app.write_behind.in_flight:
+        if app.should_stop or not app.intake.idle or app.write_behind.in_flight:
             return
         try:
             probes = app.processor.tail_probes(_fetched_through(app, settings.events_topic))

@@ -27,6 +27,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from pipeline.kafka_broker import KafkaToolsMissingError, ensure_jars, start_kafka
 from pipeline.migrate import apply_migrations
@@ -123,10 +125,30 @@ def kafka_broker() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="pipeline-test-kafka-"))
     node = start_kafka(folder / "data", folder / "kafka.log")
     try:
+        asyncio.run(_warm_group_coordinator(node.bootstrap))
         yield node.bootstrap
     finally:
         node.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _warm_group_coordinator(bootstrap: str) -> None:
+    """Create Kafka's offsets topic before any test: until it exists, aiokafka logs an
+    ERROR (GroupCoordinatorNotAvailable) for the first group, which tests count as a problem."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="warm-up")
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await consumer.committed(TopicPartition("warm-up", 0))
+                return
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
 
 
 @pytest.fixture
