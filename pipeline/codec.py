@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from pipeline.events import Invalid
+from pipeline.limits import MAX_DEPTH, TOO_DEEP, parser_gave_up, too_deep
 
 __all__ = ["EMPTY_ENVELOPE", "NOT_AN_OBJECT", "NOT_JSON", "OVERSIZED", "decode_message"]
 
@@ -41,7 +42,11 @@ def decode_message(value: bytes | None, max_bytes: int) -> Iterator[Decoded]:
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        yield -1, Invalid(NOT_JSON, f"not valid JSON (UTF-8): {exc}"), value
+        if parser_gave_up(exc):
+            detail = f"is nested deeper than {MAX_DEPTH} levels (the parser stopped: {exc})"
+            yield -1, Invalid(TOO_DEEP, detail, "body"), value
+        else:
+            yield -1, Invalid(NOT_JSON, f"not valid JSON (UTF-8): {exc}"), value
         return
     if isinstance(doc, dict):
         yield -1, doc, value
@@ -60,7 +65,13 @@ def _envelope(items: list[Any], value: bytes) -> Iterator[Decoded]:
         yield -1, Invalid(EMPTY_ENVELOPE, "the envelope holds no events"), value
         return
     for i, item in enumerate(items):
-        raw = orjson.dumps(item)
+        try:
+            raw = orjson.dumps(item)
+        except orjson.JSONEncodeError:  # nested past orjson's 254 levels: no canonical form
+            field = too_deep(item, MAX_DEPTH) if isinstance(item, dict) else None
+            detail = f"{field or 'the element'} is nested deeper than {MAX_DEPTH} levels"
+            yield i, Invalid(TOO_DEEP, detail, field), b""
+            continue
         if isinstance(item, dict):
             yield i, item, raw
         else:

@@ -12,18 +12,16 @@ import math
 import re
 from typing import Any
 
-import orjson
-
 from pipeline.dedup import product_dedup_key
 from pipeline.events import AgentEvent, Invalid, JobRef, ProductEvent, Source
+from pipeline.limits import FIELD_MAX_BYTES, MAX_TAGS, TAG_MAX_CHARS, Breach, check_shape
 from pipeline.timeparse import parse_rfc3339, parse_timestamp
 from pipeline.window import hour_start_us
 
 __all__ = ["MAX_TAGS", "METADATA_MAX_BYTES", "SCHEMA_INVALID", "job_of", "validate_event"]
 
 SCHEMA_INVALID = "schema_invalid"
-METADATA_MAX_BYTES = 16_384
-MAX_TAGS = 32
+METADATA_MAX_BYTES = FIELD_MAX_BYTES
 AGENT_VERSIONS = ("v0",)
 
 
@@ -34,9 +32,23 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 _MISSING = object()
 _MAX_INT_SECONDS = 253_402_300_800  # 10000-01-01T00:00:00Z
-# Re-serialising JSON can grow it at most ~4.75x (1e15 -> 1000000000000000.0): a
-# payload under this size cannot hold metadata over the limit, whatever its spelling.
-_METADATA_SAFE_PAYLOAD = 3_000
+# The top-level fields each contract names (schemas/); the others are bounded together.
+_PRODUCT_FIELDS = frozenset(
+    [
+        "event_name",
+        "channel",
+        "user_id",
+        "timestamp",
+        "event_id",
+        "campaign_id",
+        "tags",
+        "metadata",
+        "_ingestion",
+    ]
+)
+_AGENT_FIELDS = frozenset(
+    ["event_version", "event_id", "event_type", "occurred_at", "tenant", "run", "trace"]
+)
 
 
 class _Bad(Exception):
@@ -53,12 +65,17 @@ def validate_event(
     if b"\\u0000" in payload and _NUL.search(payload):
         # PostgreSQL text and jsonb cannot hold NUL: refuse it here, not in the sink.
         return Invalid(SCHEMA_INVALID, "contains a NUL character (\\u0000), which cannot be stored")
+    agent = "event_version" in obj
     try:
-        if "event_version" in obj:
+        # First: nothing below may recurse into, or serialise, an unbounded value.
+        check_shape(obj, payload, _AGENT_FIELDS if agent else _PRODUCT_FIELDS)
+        if agent:
             return _agent_event(obj, payload, source)
         return _product_event(obj, payload, source)
     except _Bad as bad:
         return Invalid(SCHEMA_INVALID, f"{bad.field} {bad.detail}", bad.field)
+    except Breach as breach:
+        return Invalid(breach.reason, f"{breach.field} {breach.detail}", breach.field)
 
 
 def _text(
@@ -118,7 +135,7 @@ def _product_event(obj: dict[str, Any], payload: bytes, source: Source) -> Produ
     event_id = _optional_text(obj, "event_id")
     _optional_text(obj, "campaign_id")
     _check_tags(obj.get("tags"))
-    _check_metadata(obj.get("metadata"), len(payload))
+    _check_metadata(obj.get("metadata"))
     job = _job_ref(obj.get("_ingestion"))
     return ProductEvent(
         dedup_key=product_dedup_key(event_name, user_id, ts_us, event_id),
@@ -163,23 +180,14 @@ def _check_tags(tags: object) -> None:
     if len(tags) > MAX_TAGS:
         raise _Bad("tags", f"must hold at most {MAX_TAGS} strings, got {len(tags)}")
     for i, tag in enumerate(tags):
-        if not isinstance(tag, str) or not 0 < len(tag) <= 128:
-            raise _Bad(f"tags[{i}]", "must be a string of 1 to 128 characters")
+        if not isinstance(tag, str) or not 0 < len(tag) <= TAG_MAX_CHARS:
+            raise _Bad(f"tags[{i}]", f"must be a string of 1 to {TAG_MAX_CHARS} characters")
 
 
-def _check_metadata(metadata: object, payload_len: int) -> None:
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict):
+def _check_metadata(metadata: object) -> None:
+    # Its size and depth are bounded by check_shape, with every other field.
+    if metadata is not None and not isinstance(metadata, dict):
         raise _Bad("metadata", "must be a JSON object")
-    # Measured on one canonical serialisation, so a single message and an
-    # envelope element (re-serialised) get the same verdict.
-    if (
-        metadata
-        and payload_len > _METADATA_SAFE_PAYLOAD
-        and len(orjson.dumps(metadata)) > METADATA_MAX_BYTES
-    ):
-        raise _Bad("metadata", f"must be at most {METADATA_MAX_BYTES} bytes of JSON")
 
 
 def _section(obj: dict[str, Any], name: str) -> dict[str, Any]:

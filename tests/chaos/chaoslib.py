@@ -427,6 +427,8 @@ def make_poison(
     Kinds, in rotation: random bytes, JSON truncated mid-way, an empty value, a JSON
     string, an empty envelope, product events missing a field / with a wrong type /
     an unparseable timestamp / a name too long, an envelope of three bad elements,
+    metadata nested 300 to 1,000 levels deep, an envelope element nested 400 deep,
+    an unknown field of 20 KB,
     and (a few) messages over ``max_message_bytes``; one non-JSON message of exactly
     ``max_message_bytes`` checks that the limit itself is still allowed.
     """
@@ -439,7 +441,7 @@ def make_poison(
     oversized_sizes = [max_message_bytes + 1, 1_100_000, 1_500_000, 2_000_000]
     for i in range(count):
         good = _valid_product(rng, i)
-        kind = i % 12
+        kind = i % 15
         if kind == 0:
             v = bytes(rng.getrandbits(8) for _ in range(40)) + b"\xff" + str(i).encode()
             add(v, ("not_json", v))
@@ -480,13 +482,26 @@ def make_poison(
             v = head + b"y" * (size - len(head) - 3) + b'"}}'
             assert len(v) == size
             add(v, ("oversized", v))
-        elif kind == 10 and i % 120 == 22:  # once: exactly at the limit, not oversized
+        elif kind == 10 and i % 120 == 25:  # exactly at the limit, not oversized
             v = b"\xfe" * max_message_bytes
             add(v, ("not_json", v))
+        elif kind == 12:  # hostile nesting: past orjson's own 254-level limit
+            v = orjson.dumps(good)[:-1] + b',"metadata":' + _nested(300 + i % 700) + b"}"
+            add(v, ("too_deep", v))
+        elif kind == 13:  # an envelope element that cannot even be re-serialised
+            deep = orjson.dumps(good)[:-1] + b',"tags":' + b"[" * 400 + b"]" * 400 + b"}"
+            add(b"[" + deep + b',"element"]', ("too_deep", b""), ("not_an_object", b'"element"'))
+        elif kind == 14:  # an unknown field past the size limit
+            v = orjson.dumps({**good, "blob": "b" * 20_000})
+            add(v, ("too_large", v))
         else:
             v = orjson.dumps({**good, "timestamp": time.time() + 7 * 86400})
             add(v, ("too_far_in_future", v))
     return out
+
+
+def _nested(levels: int) -> bytes:
+    return b'{"x":' * levels + b"1" + b"}" * levels
 
 
 def poison_counts(poison: Iterable[Poison]) -> Counter[str]:

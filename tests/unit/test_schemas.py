@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 
 from pipeline.codec import NOT_AN_OBJECT, decode_message
 from pipeline.events import AgentEvent, Invalid, ProductEvent, Source
+from pipeline.limits import TOO_LARGE
 from pipeline.validate import METADATA_MAX_BYTES, SCHEMA_INVALID, validate_event
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -532,7 +533,7 @@ def test_metadata_size_limit_is_documented_and_enforced_by_the_code() -> None:
     assert isinstance(code_verdict(at_limit), ProductEvent)
     refused = code_verdict(over)
     assert isinstance(refused, Invalid)
-    assert (refused.reason, refused.field) == (SCHEMA_INVALID, "metadata")
+    assert (refused.reason, refused.field) == (TOO_LARGE, "metadata")
 
 
 def test_metadata_limit_does_not_depend_on_the_producers_spelling() -> None:

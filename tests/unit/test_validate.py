@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pipeline.dedup import product_dedup_key
 from pipeline.events import AgentEvent, Invalid, ProductEvent, Source
+from pipeline.limits import TOO_LARGE
 from pipeline.validate import (
     MAX_TAGS,
     METADATA_MAX_BYTES,
@@ -81,9 +82,11 @@ def agent(path: str, value: Any) -> dict[str, Any]:
 _DROP = object()
 
 
-def assert_invalid(result: object, field: str | None, *fragments: str) -> Invalid:
+def assert_invalid(
+    result: object, field: str | None, *fragments: str, reason: str = SCHEMA_INVALID
+) -> Invalid:
     assert isinstance(result, Invalid), result
-    assert result.reason == SCHEMA_INVALID
+    assert result.reason == reason
     assert result.field == field
     if field is not None:
         assert result.detail.startswith(f"{field} "), result.detail
@@ -253,7 +256,9 @@ class TestInvalidProduct:
         assert len(orjson.dumps(at_limit["metadata"])) == METADATA_MAX_BYTES
         assert isinstance(check(at_limit), ProductEvent)
         over = product(metadata={"k": "x" * (METADATA_MAX_BYTES - 7)})
-        assert_invalid(check(over), "metadata", f"at most {METADATA_MAX_BYTES} bytes")
+        assert_invalid(
+            check(over), "metadata", f"at most {METADATA_MAX_BYTES} bytes", reason=TOO_LARGE
+        )
 
     def test_large_event_with_small_metadata_is_fine(self) -> None:
         big = product(
