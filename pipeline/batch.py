@@ -25,7 +25,9 @@ __all__ = [
     "Message",
     "RawMessage",
     "Run",
+    "UNSTORABLE",
     "plan_batch",
+    "quarantine",
     "split_by_bytes",
     "split_into_lanes",
     "split_runs",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 
+UNSTORABLE = "unstorable"  # the dead-letter reason of an event PostgreSQL refused
 PAUSE_EVERY = 128  # events between two calls of plan_batch's ``pause`` (~1 ms of work)
 
 
@@ -184,6 +187,17 @@ def plan_batch(
     for event in kept:
         (plan.products if isinstance(event, ProductEvent) else plan.agents).append(event)  # type: ignore[arg-type]
     return plan
+
+
+def quarantine(plan: BatchPlan, refused: Sequence[tuple[Event, str]]) -> None:
+    """Move the ``refused`` events (with why) from ``plan``'s writes to its dead letters."""
+    gone = {id(event) for event, _ in refused}
+    plan.products = [e for e in plan.products if id(e) not in gone]
+    plan.agents = [e for e in plan.agents if id(e) not in gone]
+    for event, why in refused:
+        plan.dead.append(DeadLetter(UNSTORABLE, why, None, event.payload, event.source))
+        if isinstance(event, ProductEvent) and event.job:
+            plan.job_outcomes.append((*event.job, "dead_lettered"))
 
 
 def split_by_bytes(messages: Sequence[Message], limit: int) -> list[Sequence[Message]]:

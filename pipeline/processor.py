@@ -30,6 +30,7 @@ from pipeline.batch import (
     PartitionProgress,
     Run,
     plan_batch,
+    quarantine,
     state_key,
 )
 from pipeline.dedup_state import DedupState
@@ -37,7 +38,7 @@ from pipeline.events import DeadLetter
 from pipeline.metrics import WorkerMetrics
 from pipeline.offsets import LogRange, OffsetGuard, Span, out_of_range
 from pipeline.settings import Settings
-from pipeline.sink import Abandoned, Sink, WriteResult
+from pipeline.sink import Abandoned, Sink, Unstorable, WriteResult
 
 __all__ = ["OutOfRange", "Prepared", "Processor"]
 
@@ -328,16 +329,23 @@ class Processor:
         """
         plan = prepared.plan
         started = time.monotonic()
-        dlq = asyncio.ensure_future(self._publish_dead(plan.dead, abandon)) if plan.dead else None
-        try:
-            result = await self._sink.write(plan, abandon, before_commit=dlq)
-        except Abandoned:
-            self.metrics.abandoned.inc()
-            self.discard(prepared)
-            raise
-        finally:
-            if dlq is not None and not dlq.done():
-                dlq.cancel()
+        while True:
+            dlq = None
+            if plan.dead:
+                dlq = asyncio.ensure_future(self._publish_dead(plan.dead, abandon))
+            try:
+                result = await self._sink.write(plan, abandon, before_commit=dlq)
+                break
+            except Unstorable as refusal:
+                # Content PostgreSQL refuses becomes dead letters; the batch goes again.
+                quarantine(plan, refusal.refused)
+            except Abandoned:
+                self.metrics.abandoned.inc()
+                self.discard(prepared)
+                raise
+            finally:
+                if dlq is not None and not dlq.done():
+                    dlq.cancel()
         self.metrics.sink_seconds.observe(time.monotonic() - started)
         self._after_commit(plan, result, prepared.first_offsets, prepared.messages)
 

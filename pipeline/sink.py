@@ -8,6 +8,12 @@ rows to the rollups and user sets (``sql.ADD_EVENT_ROLLUPS``), rows every
 worker writes, so their locks are held only for the transaction's tail. A
 replayed batch inserts nothing new and so adds nothing.
 
+A row PostgreSQL refuses for its content (a data exception, SQLSTATE class
+22, or a program limit, class 54) never stops the worker: the batch's events
+are tried one by one inside a transaction that is rolled back, and the ones
+refused come back in :class:`Unstorable`, to be dead-lettered as
+``unstorable``. Only a refusal no single event explains is fatal.
+
 Transient failures (connection lost, database restarting, deadlock) are retried
 here with backoff, forever, unless the caller says to abandon the batch (its
 partitions were revoked or the worker stops): a failure must never escape to
@@ -26,9 +32,9 @@ import asyncpg
 from pipeline import sql
 from pipeline.batch import BatchPlan
 from pipeline.errors import FatalSinkError
-from pipeline.events import AgentEvent, ProductEvent
+from pipeline.events import AgentEvent, Event, ProductEvent
 
-__all__ = ["TRANSIENT_ERRORS", "Abandoned", "Sink", "WriteResult", "load_progress"]
+__all__ = ["TRANSIENT_ERRORS", "Abandoned", "Sink", "Unstorable", "WriteResult", "load_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,27 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What an event's content can make PostgreSQL refuse.
+CONTENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+)
+
+
 class Abandoned(Exception):
     """The batch was given up (revocation or shutdown); nothing of it was committed."""
+
+
+class Unstorable(Exception):
+    """PostgreSQL refused these events of the batch for their content; nothing was committed."""
+
+    def __init__(self, refused: list[tuple[Event, str]]) -> None:
+        super().__init__(f"{len(refused)} events refused by PostgreSQL")
+        self.refused = refused
+
+
+class _Undo(Exception):
+    """Rolls a trial write back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +123,7 @@ class Sink:
                 self.retrying = False
                 raise Abandoned()
             try:
-                result = await self._write_once(plan, attempt, before_commit)
+                result = await self._attempt(plan, attempt, before_commit)
                 self.retrying = False
                 return result
             except TRANSIENT_ERRORS as exc:
@@ -112,6 +137,51 @@ class Sink:
                 ) from exc
             await _sleep_unless(abandon, delay)
             delay = min(delay * 2, self._retry_max)
+
+    async def _attempt(
+        self, plan: BatchPlan, attempt: int, before_commit: asyncio.Future[None] | None
+    ) -> WriteResult:
+        try:
+            return await self._write_once(plan, attempt, before_commit)
+        except CONTENT_ERRORS as exc:
+            refused = await self._isolate(plan)
+            if not refused:
+                raise FatalSinkError(
+                    f"the sink cannot write ({type(exc).__name__}), and no single event"
+                    f" of the batch explains it: {exc}"
+                ) from exc
+            self.retrying = False
+            log.warning(
+                "PostgreSQL refused events for their content; dead-lettering them",
+                extra={"refused": len(refused), "error": str(exc)},
+            )
+            raise Unstorable(refused) from exc
+
+    async def _isolate(self, plan: BatchPlan) -> list[tuple[Event, str]]:
+        """The events PostgreSQL refuses, each tried alone; nothing is kept."""
+        refused: list[tuple[Event, str]] = []
+        pool = await self._pool()
+        async with pool.acquire() as conn:
+            outer = conn.transaction()
+            await outer.start()
+            try:
+                await conn.execute(sql.CREATE_STAGING)
+                for event in plan.events:
+                    try:
+                        async with conn.transaction():  # a savepoint per event
+                            if isinstance(event, ProductEvent):
+                                await _insert_products(conn, plan.topic, [event])
+                            else:
+                                await _insert_agents(conn, plan.topic, [event])
+                            raise _Undo
+                    except _Undo:
+                        pass
+                    except CONTENT_ERRORS as exc:
+                        why = f"PostgreSQL refused it ({type(exc).__name__}): {exc}"
+                        refused.append((event, why))
+            finally:
+                await outer.rollback()
+        return refused
 
     async def _write_once(
         self, plan: BatchPlan, attempt: int, before_commit: asyncio.Future[None] | None

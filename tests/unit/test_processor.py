@@ -9,12 +9,12 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from pipeline.batch import RawMessage, Run, split_runs
+from pipeline.batch import UNSTORABLE, RawMessage, Run, split_runs
 from pipeline.dedup_state import DedupState
 from pipeline.offsets import LogRange, Span
 from pipeline.processor import Processor
 from pipeline.settings import Settings
-from pipeline.sink import Abandoned, WriteResult
+from pipeline.sink import Abandoned, Unstorable, WriteResult
 
 
 class TP(NamedTuple):
@@ -268,6 +268,44 @@ async def test_dead_letters_are_published_alongside_the_transaction_and_before_c
     assert published == [1]
     assert sink.dlq_done_at_commit is True
     assert p.durable[0] == 4
+
+
+class RefusingSink:
+    """Refuses the event at ``offset`` once, as PostgreSQL refuses content it cannot store."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.plans: list[tuple[list[int], list[tuple[str, int]]]] = []
+
+    async def write(self, plan: Any, abandon: Any, before_commit: Any = None) -> Any:
+        if before_commit is not None:
+            await before_commit
+        self.plans.append(
+            (
+                [e.source.offset for e in plan.products],
+                [(d.reason, d.source.offset) for d in plan.dead],
+            )
+        )
+        bad = [e for e in plan.products if e.source.offset == self.offset]
+        if bad:
+            raise Unstorable([(bad[0], "PostgreSQL refused it (DataError): no")])
+        return WriteResult(len(plan.products), 0, len(plan.dead), 1)
+
+
+async def test_an_event_postgresql_refuses_is_dead_lettered_and_the_batch_commits() -> None:
+    published: list[list[int]] = []
+
+    async def publish(dead: Any, _abandon: Any) -> None:
+        published.append([d.source.offset for d in dead])
+
+    sink = RefusingSink(offset=1)
+    p = _with_dead(sink, publish)
+    prepared = await p.prepare([Run.of(messages(0, range(0, 3)), epoch=1)])
+    assert prepared is not None
+    await p.commit(prepared, lambda: False)
+    assert sink.plans == [([0, 1, 2], []), ([0, 2], [(UNSTORABLE, 1)])]
+    assert published == [[1]]  # the new dead letter reached the DLQ before the commit
+    assert p.durable[0] == 3
 
 
 async def test_a_given_up_batch_cancels_its_dead_letter_publish() -> None:
