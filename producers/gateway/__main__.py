@@ -8,7 +8,6 @@ or SIGINT stops it gracefully: no new connections, requests in flight finish
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 
@@ -21,7 +20,7 @@ __all__ = ["main", "serve"]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m producers gateway")
-    p.add_argument("--host", help="listen address (default GATEWAY_HOST or 0.0.0.0)")
+    p.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8080)")
     return p
 
@@ -31,21 +30,9 @@ def serve(settings: GatewaySettings) -> None:
     import uvicorn
 
     from producers.gateway.app import Gateway
+    from producers.gateway.server import uvicorn_config
 
-    config = uvicorn.Config(
-        Gateway(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        lifespan="on",
-        log_config=None,
-        access_log=False,  # the gateway writes its own JSON request log
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        backlog=4096,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(Gateway(settings), settings)).run()
 
 
 def _plain(record: logging.LogRecord) -> bool:

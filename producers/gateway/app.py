@@ -24,7 +24,7 @@ import asyncpg
 from pipeline.errors import PublishError
 from producers.gateway import jobs, metrics, openapi, queries
 from producers.gateway.accesslog import AccessLog
-from producers.gateway.auth import KeyCheck, RateLimiter
+from producers.gateway.auth import Caller, KeyCheck, RateLimiter
 from producers.gateway.http import (
     HttpError,
     Receive,
@@ -52,7 +52,7 @@ __all__ = ["Gateway", "create_app"]
 log = logging.getLogger("producers.gateway")
 
 T = TypeVar("T")
-Handler = Callable[["Gateway", Request], Awaitable[Response]]
+Handler = Callable[["Gateway", Request, Caller], Awaitable[Response]]
 
 _DB_DOWN = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 _NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError)
@@ -60,12 +60,12 @@ _ACKED_JOBS_KEPT = 100_000
 
 
 class _Route:
-    __slots__ = ("auth", "handler", "rate_limited")
+    __slots__ = ("auth", "handler", "limit")
 
-    def __init__(self, handler: Handler, auth: bool = True, rate_limited: bool = False) -> None:
+    def __init__(self, handler: Handler, auth: bool = True, limit: str | None = None) -> None:
         self.handler = handler
         self.auth = auth
-        self.rate_limited = rate_limited
+        self.limit = limit  # which rate limit applies: "ingest", "read" or none
 
 
 def _now_us() -> int:
@@ -86,7 +86,11 @@ class Gateway:
         )
         self.broker = Broker(settings)
         self.keys = KeyCheck(settings.api_keys)
-        self.limiter = RateLimiter(settings.metrics_rate_limit_per_minute)
+        self.limiters = {
+            "read": RateLimiter(settings.metrics_rate_limit_per_minute),
+            "ingest": RateLimiter(settings.ingest_rate_limit_per_minute),
+        }
+        self.auth_failures = RateLimiter(settings.auth_failures_per_minute)
         self.pool: asyncpg.Pool | None = None
         self.published = Receipt()
         self.access = AccessLog() if settings.access_log else None
@@ -141,14 +145,14 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
-        caller: str | None = None
+        caller: Caller | None = None
         try:
             route = self._route(request)
-            if route.auth:
-                caller = self.keys.identify(request.headers)
-            if route.rate_limited:
-                self.limiter.check(caller or f"addr-{request.client}", time.monotonic())
-            response = await route.handler(self, request)
+            caller = self._authenticate(request) if route.auth else None
+            if route.limit is not None:
+                who = caller.key_id if caller is not None and caller.key_id else None
+                self.limiters[route.limit].check(who or f"addr-{request.client}", time.monotonic())
+            response = await route.handler(self, request, caller or Caller(None, None))
         except HttpError as exc:
             response = exc.response()
         except PublishError as exc:
@@ -166,8 +170,20 @@ class Gateway:
                 ms=round((time.perf_counter() - started) * 1000, 3),
                 bytes=len(response.body),
                 client=request.client,
-                caller=caller,
+                caller=caller.key_id if caller is not None else None,
             )
+
+    def _authenticate(self, request: Request) -> Caller:
+        """The caller; 401 for a bad key, 429 once an address failed too often."""
+        address = f"addr-{request.client}"
+        now = time.monotonic()
+        self.auth_failures.refuse_if_spent(address, now, "failed authentications")
+        try:
+            return self.keys.identify(request.headers)
+        except HttpError as exc:
+            if exc.status == 401:
+                self.auth_failures.spend(address, now)
+            raise
 
     def _route(self, request: Request) -> _Route:
         path = request.path
@@ -225,7 +241,8 @@ class Gateway:
 
     # --- ingestion ---
 
-    async def post_event(self, request: Request) -> Response:
+    async def post_event(self, request: Request, caller: Caller) -> Response:
+        caller.require_every_tenant("product events")
         doc, raw = await request.json(self.settings.max_body_bytes)
         event = single_product_event(doc, raw, self.limits, _now_us())
         self._published(await self.broker.publish_one(event))
@@ -234,15 +251,17 @@ class Gateway:
             202, {"accepted": 1, "event_id": event_id or event.key, "dedup_key": event.key}
         )
 
-    async def post_agent_event(self, request: Request) -> Response:
+    async def post_agent_event(self, request: Request, caller: Caller) -> Response:
         doc, raw = await request.json(self.settings.max_body_bytes)
         event = single_agent_event(doc, raw, self.limits, _now_us())
+        caller.require_tenant(doc["tenant"]["tenant_id"], "tenant.tenant_id")
         self._published(await self.broker.publish_one(event))
         return json_response(
             202, {"accepted": 1, "event_id": doc["event_id"], "dedup_key": event.key}
         )
 
-    async def post_bulk(self, request: Request) -> Response:
+    async def post_bulk(self, request: Request, caller: Caller) -> Response:
+        caller.require_every_tenant("product events")
         doc, _ = await request.json(self.settings.max_body_bytes)
         accepted, errors = bulk_events(doc, self.limits, _now_us())
         if not accepted:
@@ -253,10 +272,11 @@ class Gateway:
             body["errors"] = errors
         return json_response(202, body)
 
-    async def post_ingestion(self, request: Request) -> Response:
+    async def post_ingestion(self, request: Request, caller: Caller) -> Response:
         doc, _ = await request.json(self.settings.max_body_bytes)
         key = jobs.check_idempotency_key(request.headers.get("idempotency-key"))
         job = ingestion(doc, self.limits, _now_us())
+        caller.require_tenant(job.tenant_id, "tenantId")
         sha = request_sha256(doc)
         claim = await self._db(lambda conn: jobs.claim_job(conn, job, key, sha))
         body: dict[str, Any] = {
@@ -285,7 +305,7 @@ class Gateway:
         """
         if job_id in self._acked_jobs:
             return False
-        status = await self._db(lambda conn: jobs.job_status(conn, uuid.UUID(job_id)))
+        status = await self._db(lambda conn: jobs.job_status(conn, uuid.UUID(job_id), None))
         return bool(status["status"] != "completed")
 
     def _remember_acked(self, job_id: str) -> None:
@@ -293,63 +313,75 @@ class Gateway:
         if len(self._acked_jobs) > _ACKED_JOBS_KEPT:
             self._acked_jobs.popitem(last=False)
 
-    async def get_ingestion(self, request: Request) -> Response:
+    async def get_ingestion(self, request: Request, caller: Caller) -> Response:
         job_id = jobs.parse_job_id(request.path_params["jobId"])
-        return json_response(200, await self._db(lambda conn: jobs.job_status(conn, job_id)))
+        status = await self._db(lambda conn: jobs.job_status(conn, job_id, caller.tenants))
+        return json_response(200, status)
 
-    async def get_results(self, request: Request) -> Response:
+    async def get_results(self, request: Request, caller: Caller) -> Response:
         job_id = jobs.parse_job_id(request.path_params["jobId"])
-        return json_response(200, await self._db(lambda conn: jobs.job_results(conn, job_id)))
+        results = await self._db(lambda conn: jobs.job_results(conn, job_id, caller.tenants))
+        return json_response(200, results)
 
     # --- metrics ---
 
-    async def get_metrics(self, request: Request) -> Response:
+    async def get_metrics(self, request: Request, caller: Caller) -> Response:
+        caller.require_every_tenant("channel metrics")
         q = metrics.parse_metrics_query(request.query, _now_us())
         return json_response(200, await self._db(lambda conn: metrics.channel_metrics(conn, q)))
 
-    async def get_overview(self, request: Request) -> Response:
+    async def get_overview(self, request: Request, caller: Caller) -> Response:
         q = metrics.parse_overview_query(request.query, _now_us())
-        return json_response(200, await self._db(lambda conn: metrics.agent_overview(conn, q)))
+        tenant = q.filters[0]
+        if tenant is not None and not caller.may_use(tenant):
+            raise HttpError(404, [error("tenant_id", "no such tenant")])
+        scope = None if caller.tenants is None else sorted(caller.tenants)
+        overview = await self._db(lambda conn: metrics.agent_overview(conn, q, scope))
+        return json_response(200, overview)
 
     # --- health and documents ---
 
-    async def live(self, request: Request) -> Response:
+    async def live(self, request: Request, caller: Caller) -> Response:
         return json_response(200, {"status": "ok"})
 
-    async def ready(self, request: Request) -> Response:
+    async def ready(self, request: Request, caller: Caller) -> Response:
         checks = {"broker": await self._check_broker(), "database": await self._check_database()}
         ok = all(v == "ok" for v in checks.values())
         body = {"status": "ready" if ok else "unavailable", "checks": checks}
         return json_response(200 if ok else 503, body, None if ok else self._retry())
 
+    # Readiness answers anyone: "ok" or "unavailable", never an address or an
+    # exception text; the reason goes to the log.
     async def _check_broker(self) -> str:
         try:
             await self.broker.ping(timeout=2.0)
         except PublishError as exc:
-            return str(exc)
+            log.warning("not ready: broker", extra={"error": str(exc)})
+            return "unavailable"
         return "ok"
 
     async def _check_database(self) -> str:
         try:
             await self._db(lambda conn: conn.fetchval(queries.PING, timeout=2.0))
         except HttpError as exc:
-            return str(exc.errors[0]["error"])
+            log.warning("not ready: database", extra={"error": str(exc.errors[0]["error"])})
+            return "unavailable"
         return "ok"
 
-    async def openapi_json(self, request: Request) -> Response:
+    async def openapi_json(self, request: Request, caller: Caller) -> Response:
         return Response(200, self._openapi_json, [(b"content-type", b"application/json")])
 
-    async def openapi_yaml(self, request: Request) -> Response:
+    async def openapi_yaml(self, request: Request, caller: Caller) -> Response:
         return Response(200, self._openapi_yaml, [(b"content-type", b"application/yaml")])
 
 
 _ROUTES: dict[str, dict[str, _Route]] = {
-    "/events": {"POST": _Route(Gateway.post_event)},
-    "/events/bulk": {"POST": _Route(Gateway.post_bulk)},
-    "/v1/events": {"POST": _Route(Gateway.post_agent_event)},
-    "/v1/ingestions": {"POST": _Route(Gateway.post_ingestion)},
-    "/metrics": {"GET": _Route(Gateway.get_metrics, rate_limited=True)},
-    "/v1/metrics/overview": {"GET": _Route(Gateway.get_overview, rate_limited=True)},
+    "/events": {"POST": _Route(Gateway.post_event, limit="ingest")},
+    "/events/bulk": {"POST": _Route(Gateway.post_bulk, limit="ingest")},
+    "/v1/events": {"POST": _Route(Gateway.post_agent_event, limit="ingest")},
+    "/v1/ingestions": {"POST": _Route(Gateway.post_ingestion, limit="ingest")},
+    "/metrics": {"GET": _Route(Gateway.get_metrics, limit="read")},
+    "/v1/metrics/overview": {"GET": _Route(Gateway.get_overview, limit="read")},
     "/healthz": {"GET": _Route(Gateway.live, auth=False)},
     "/health/live": {"GET": _Route(Gateway.live, auth=False)},
     "/readyz": {"GET": _Route(Gateway.ready, auth=False)},

@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from pipeline.limits import MAX_DEPTH, bracket_bound, parser_gave_up, too_deep
+
 __all__ = [
     "ASGIApp",
     "HttpError",
@@ -102,8 +104,8 @@ class Request:
         if declared is not None:
             if not declared.isdigit():
                 raise HttpError(400, [error("Content-Length", "must be a whole number")])
-            if int(declared) > limit:
-                raise _too_large(limit)
+            if int(declared) > _DRAIN_MAX:
+                raise _too_large(limit)  # not worth reading: the connection is closed
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -113,11 +115,24 @@ class Request:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                await self._drain(size, message)
                 raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _drain(self, size: int, message: Any) -> None:
+        """Read and drop the rest of an oversized body (up to ``_DRAIN_MAX``).
+
+        A server that answers while the client is still sending, and closes,
+        resets the connection: most clients then never see the 413.
+        """
+        while message.get("more_body", False) and size <= _DRAIN_MAX:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
 
     async def json(self, limit: int) -> tuple[Any, bytes]:
         """The body parsed, and as sent: 415 unless the content type is JSON, 400 unless
@@ -132,9 +147,25 @@ class Request:
             )
         raw = await self.body(limit)
         try:
-            return orjson.loads(raw), raw
+            doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if parser_gave_up(exc):
+                raise HttpError(400, [error("body", _TOO_DEEP)]) from None
             raise HttpError(400, [error("body", f"is not valid JSON (UTF-8): {exc}")]) from None
+        # An event may be MAX_DEPTH deep, inside {"events": [...]}: deeper cannot be
+        # valid, and must not reach code that serialises or walks it recursively.
+        # Name the field inside the event: [2].metadata, events[2].metadata, metadata.
+        levels = (
+            2 if isinstance(doc, list) else 3 if isinstance(doc, dict) and "events" in doc else 1
+        )
+        if bracket_bound(raw) > _BODY_DEPTH and (where := too_deep(doc, _BODY_DEPTH, levels)):
+            raise HttpError(400, [error(where, _TOO_DEEP)])
+        return doc, raw
+
+
+_BODY_DEPTH = MAX_DEPTH + 2
+_TOO_DEEP = f"is nested too deep: an event may be {MAX_DEPTH} levels deep"
+_DRAIN_MAX = 64 * 1024 * 1024  # an oversized body up to this size is read, then 413
 
 
 def _too_large(limit: int) -> HttpError:

@@ -98,9 +98,16 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-async def job_status(conn: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
+async def job_status(
+    conn: asyncpg.Connection, job_id: uuid.UUID, tenants: frozenset[str] | None
+) -> dict[str, Any]:
+    """The job's counts; 404 when there is none, or its tenant is not in ``tenants``.
+
+    ``tenants`` None: every tenant. A job of another tenant is answered exactly
+    as a job that does not exist, so its id tells a caller nothing.
+    """
     row = await conn.fetchrow(queries.SELECT_JOB, job_id)
-    if row is None:
+    if row is None or (tenants is not None and row["tenant_id"] not in tenants):
         raise HttpError(404, [error("jobId", "no such ingestion job")])
     done = row["stored"] + row["duplicates"] + row["dead_lettered"]
     return {
@@ -117,8 +124,10 @@ async def job_status(conn: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, A
     }
 
 
-async def job_results(conn: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
-    status = await job_status(conn, job_id)
+async def job_results(
+    conn: asyncpg.Connection, job_id: uuid.UUID, tenants: frozenset[str] | None
+) -> dict[str, Any]:
+    status = await job_status(conn, job_id, tenants)
     rows = await conn.fetch(queries.JOB_RESULTS, job_id)
     return {
         "jobId": status["jobId"],

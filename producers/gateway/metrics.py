@@ -150,9 +150,12 @@ async def channel_metrics(conn: asyncpg.Connection, q: MetricsQuery) -> dict[str
     }
 
 
-async def agent_overview(conn: asyncpg.Connection, q: OverviewQuery) -> dict[str, Any]:
+async def agent_overview(
+    conn: asyncpg.Connection, q: OverviewQuery, tenants: list[str] | None = None
+) -> dict[str, Any]:
+    """The agent rollups of the window; only ``tenants``' rows unless None (every tenant)."""
     start, end = us_to_datetime(q.from_us), us_to_datetime(q.to_us)
-    r = await conn.fetchrow(queries.AGENT_OVERVIEW, start, end, *q.filters)
+    r = await conn.fetchrow(queries.AGENT_OVERVIEW, start, end, *q.filters, tenants)
     finished = r["succeeded"] + r["failed"]
     samples = r["latency_ms_count"]
     return {

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from pipeline.errors import PublishError
 from pipeline.settings import Settings
+from producers.gateway.http import HttpError, error
 from producers.gateway.ingest import Prepared
 from producers.gateway.settings import GatewaySettings
 from producers.keyhash import partition_for
@@ -153,6 +155,9 @@ class Broker:
         self._settings = settings
         self._publisher: GatewayPublisher | None = None
         self._connecting: asyncio.Task[None] | None = None
+        # Bytes of events handed to the producer and not yet acknowledged or failed:
+        # a caller that gave up (timeout) still holds its bytes until then.
+        self.pending_bytes = 0
 
     @property
     def ready(self) -> bool:
@@ -200,7 +205,9 @@ class Broker:
 
     async def publish_one(self, event: Prepared) -> Receipt:
         publisher = self._require()
-        return await self._bounded(publisher.publish_one(event.key, event.value))
+        return await self._bounded(
+            len(event.value), lambda: publisher.publish_one(event.key, event.value)
+        )
 
     async def publish_many(self, events: Sequence[Prepared]) -> Receipt:
         publisher = self._require()
@@ -208,7 +215,8 @@ class Broker:
         records = envelope_records(
             events, publisher.partitions, s.envelope_events, s.pipeline.max_message_bytes
         )
-        receipt = await self._bounded(publisher.publish_records(records))
+        size = sum(len(value) for _, _, value in records)
+        receipt = await self._bounded(size, lambda: publisher.publish_records(records))
         receipt.events = len(events)
         return receipt
 
@@ -219,13 +227,42 @@ class Broker:
         except TimeoutError:
             raise PublishError("the broker did not answer in time") from None
 
-    async def _bounded(self, publish: Awaitable[Receipt]) -> Receipt:
-        timeout = self._settings.publish_timeout_seconds
+    async def _bounded(
+        self, size: int, publish: Callable[[], Coroutine[Any, Any, Receipt]]
+    ) -> Receipt:
+        """Publish within the pending-bytes budget and the publish timeout.
+
+        Over budget: 503 at once (the broker is slower than the callers). A
+        timed-out publish keeps running (and holding its bytes) until the
+        producer acknowledges or fails it: the budget stays true.
+        """
+        s = self._settings
+        if self.pending_bytes and self.pending_bytes + size > s.max_pending_bytes:
+            raise HttpError(
+                503,
+                [
+                    error(
+                        None,
+                        "the gateway's publish queue is full (GATEWAY_MAX_PENDING_BYTES):"
+                        " the broker is slow; retry",
+                    )
+                ],
+                headers={"Retry-After": str(s.retry_after_seconds)},
+            )
+        task = asyncio.ensure_future(publish())
+        self.pending_bytes += size
+        task.add_done_callback(lambda t: self._settled(t, size))
+        timeout = s.publish_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
-                return await publish
+                return await asyncio.shield(task)
         except TimeoutError:
             raise PublishError(
                 f"the broker did not acknowledge within {timeout:g} s"
                 " (GATEWAY_PUBLISH_TIMEOUT_SECONDS)"
             ) from None
+
+    def _settled(self, task: asyncio.Future[Receipt], size: int) -> None:
+        self.pending_bytes -= size
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that timed out no longer awaits it

@@ -101,4 +101,5 @@ WHERE hour >= $1 AND hour < $2
   AND ($3::text IS NULL OR tenant_id = $3) AND ($4::text IS NULL OR workspace_id = $4)
   AND ($5::text IS NULL OR project_id = $5) AND ($6::text IS NULL OR agent_id = $6)
   AND ($7::text IS NULL OR workflow_id = $7)
+  AND ($8::text[] IS NULL OR tenant_id = ANY($8))  -- the API key's tenants
 """

@@ -42,7 +42,9 @@ from pipeline.reconcile import reconcile, wait_until_processed
 from pipeline.settings import Settings
 from pipeline.stack import free_port
 from producers.gateway.app import Gateway
+from producers.gateway.auth import ApiKey, parse_api_keys
 from producers.gateway.bench import gateway_env
+from producers.gateway.server import uvicorn_config
 from producers.gateway.settings import GatewaySettings
 from tests.conftest import REPO, Workers, wait_for
 
@@ -76,10 +78,7 @@ async def serve(gs: GatewaySettings) -> AsyncIterator[Served]:
     """uvicorn with the gateway on a free port, in this event loop."""
     app = Gateway(gs)
     port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="on", log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, gs, port=port))
     task = asyncio.create_task(server.serve())
 
     async def started() -> bool:
@@ -593,21 +592,29 @@ async def test_413_415_404_405(settings: Settings) -> None:
 # --- API keys and rate limits ---
 
 
+KEY_ONE = "one-" + "1" * 32
+KEY_TWO = "two-" + "2" * 32
+
+
+def keys(*entries: str) -> tuple[ApiKey, ...]:
+    return parse_api_keys(",".join(entries))
+
+
 async def test_api_keys(settings: Settings) -> None:
-    gs = gateway_settings(settings, api_keys=("key-one", "key-two"))
+    gs = gateway_settings(settings, api_keys=keys(KEY_ONE, KEY_TWO))
     async with serve(gs) as gw:
         body = orjson.dumps(product(1))
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
-            {"X-API-Key": "key-on"},
-            {"Authorization": "Basic key-one"},
+            {"X-API-Key": KEY_ONE[:-1]},
+            {"Authorization": f"Basic {KEY_ONE}"},
         ):
             r = await gw.client.post("/events", content=body, headers=JSON | headers)
             assert r.status_code == 401, headers
             assert r.headers["WWW-Authenticate"] == "Bearer"
             assert r.json()["errors"][0]["field"] == "Authorization"
-        for headers in ({"Authorization": "Bearer key-one"}, {"X-API-Key": "key-two"}):
+        for headers in ({"Authorization": f"Bearer {KEY_ONE}"}, {"X-API-Key": KEY_TWO}):
             r = await gw.client.post("/events", content=body, headers=JSON | headers)
             assert r.status_code == 202, r.text
         assert (await gw.get("/metrics")).status_code == 401
@@ -618,10 +625,78 @@ async def test_api_keys(settings: Settings) -> None:
         assert doc["security"] == [{"bearer": []}, {"apiKey": []}]
 
 
-async def test_rate_limit_per_key_on_metrics(settings: Settings) -> None:
-    gs = gateway_settings(settings, api_keys=("a", "b"), metrics_rate_limit_per_minute=3)
+async def test_a_key_reads_and_writes_only_its_tenants(
+    settings: Settings, workers: Workers
+) -> None:
+    acme, globex, admin = "a" * 32, "g" * 32, "x" * 32
+    gs = gateway_settings(
+        settings, api_keys=keys(f"{acme}=acme", f"{globex}=globex|initech", admin)
+    )
+    workers.start()
     async with serve(gs) as gw:
-        a = {"X-API-Key": "a"}
+
+        def h(key: str) -> dict[str, str]:
+            return JSON | {"Authorization": f"Bearer {key}"}
+
+        job = {"tenantId": "acme", "events": [{"type": "x", "timestamp": NOW}]}
+        r = await gw.client.post("/v1/ingestions", content=orjson.dumps(job), headers=h(acme))
+        assert r.status_code == 202, r.text
+        job_id = r.json()["jobId"]
+        # Writing another tenant: 403, naming only the caller's own field.
+        r = await gw.client.post("/v1/ingestions", content=orjson.dumps(job), headers=h(globex))
+        assert r.status_code == 403 and r.json()["errors"][0]["field"] == "tenantId"
+        assert job_id not in r.text
+        # The same Idempotency-Key in two tenants: two jobs, no foreign id in any answer.
+        idem = {"Idempotency-Key": "shared"}
+        a = await gw.client.post(
+            "/v1/ingestions", content=orjson.dumps(job), headers=h(acme) | idem
+        )
+        other = {"tenantId": "globex", "events": [{"type": "y", "timestamp": NOW}]}
+        g = await gw.client.post(
+            "/v1/ingestions", content=orjson.dumps(other), headers=h(globex) | idem
+        )
+        assert a.status_code == g.status_code == 202 and a.json()["jobId"] != g.json()["jobId"]
+        assert a.json()["jobId"] not in g.text
+        # Reading: the owner and an every-tenant key see the job; the others get 404.
+        for key, status in ((acme, 200), (admin, 200), (globex, 404)):
+            for path in (f"/v1/ingestions/{job_id}", f"/v1/results/{job_id}"):
+                r = await gw.client.get(path, headers=h(key))
+                assert r.status_code == status, (path, r.text)
+                if status == 404:
+                    assert r.json() == {
+                        "errors": [{"field": "jobId", "error": "no such ingestion job"}]
+                    }
+        missing = await gw.client.get(f"/v1/ingestions/{uuid.uuid4()}", headers=h(globex))
+        assert missing.status_code == 404 and missing.json() == r.json()
+        # Agent events: written only within the key's tenants; the overview stays inside them.
+        event = agent("run.completed", cost_usd=2.5)
+        event["tenant"]["tenant_id"] = "acme"
+        r = await gw.client.post("/v1/events", content=orjson.dumps(event), headers=h(globex))
+        assert r.status_code == 403 and r.json()["errors"][0]["field"] == "tenant.tenant_id"
+        r = await gw.client.post("/v1/events", content=orjson.dumps(event), headers=h(acme))
+        assert r.status_code == 202, r.text
+        await gw.processed(settings)
+        overview = {"window_hours": "8784"}
+        mine = await gw.client.get("/v1/metrics/overview", params=overview, headers=h(acme))
+        theirs = await gw.client.get("/v1/metrics/overview", params=overview, headers=h(globex))
+        assert mine.json()["total_cost_usd"] == 2.5 and theirs.json()["total_cost_usd"] == 0
+        r = await gw.client.get(
+            "/v1/metrics/overview", params=overview | {"tenant_id": "acme"}, headers=h(globex)
+        )
+        assert r.status_code == 404
+        # Product events and channel metrics are not tenant data: every-tenant keys only.
+        r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=h(acme))
+        assert r.status_code == 403
+        assert (await gw.client.get("/metrics", headers=h(acme))).status_code == 403
+        r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=h(admin))
+        assert r.status_code == 202
+
+
+async def test_rate_limit_per_key_on_metrics(settings: Settings) -> None:
+    a_key, b_key = "a" * 32, "b" * 32
+    gs = gateway_settings(settings, api_keys=keys(a_key, b_key), metrics_rate_limit_per_minute=3)
+    async with serve(gs) as gw:
+        a = {"X-API-Key": a_key}
         statuses = [
             (await gw.client.get("/v1/metrics/overview", headers=a)).status_code for _ in range(3)
         ]
@@ -630,10 +705,39 @@ async def test_rate_limit_per_key_on_metrics(settings: Settings) -> None:
         assert limited.status_code == 429
         assert 1 <= int(limited.headers["Retry-After"]) <= 20
         assert limited.json()["errors"][0]["error"].startswith("rate limit")
-        assert (await gw.client.get("/metrics", headers={"X-API-Key": "b"})).status_code == 200
-        # Ingestion is not rate limited.
+        assert (await gw.client.get("/metrics", headers={"X-API-Key": b_key})).status_code == 200
+        # Ingestion has its own budget.
         r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=JSON | a)
         assert r.status_code == 202
+
+
+async def test_rate_limit_per_key_on_ingestion(settings: Settings) -> None:
+    a_key, b_key = "a" * 32, "b" * 32
+    gs = gateway_settings(settings, api_keys=keys(a_key, b_key), ingest_rate_limit_per_minute=2)
+    async with serve(gs) as gw:
+        body = orjson.dumps(product(1))
+        a = JSON | {"X-API-Key": a_key}
+        codes = [
+            (await gw.client.post("/events", content=body, headers=a)).status_code for _ in range(3)
+        ]
+        assert codes == [202, 202, 429]
+        r = await gw.client.post("/v1/ingestions", content=b"{}", headers=a)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        b = JSON | {"X-API-Key": b_key}
+        assert (await gw.client.post("/events", content=body, headers=b)).status_code == 202
+
+
+async def test_failed_authentication_is_rate_limited_per_address(settings: Settings) -> None:
+    good = "g" * 32
+    gs = gateway_settings(settings, api_keys=keys(good), auth_failures_per_minute=3)
+    async with serve(gs) as gw:
+        bad = {"X-API-Key": "guess-" + "0" * 30}
+        codes = [(await gw.client.get("/metrics", headers=bad)).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        r = await gw.client.get("/metrics", headers={"X-API-Key": good})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1  # until it refills
+        assert "failed authentications" in r.json()["errors"][0]["error"]
+        assert (await gw.get("/healthz")).status_code == 200  # health needs no key
 
 
 # --- outages ---
@@ -644,8 +748,9 @@ async def test_broker_outage_is_a_503_never_a_drop(settings: Settings) -> None:
     async with serve(gateway_settings(closed, publish_timeout_seconds=2)) as gw:
         assert (await gw.get("/healthz")).status_code == 200
         ready = await gw.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
-        assert ready.json()["checks"]["broker"] != "ok"
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"broker": "unavailable", "database": "ok"}
+        assert closed.kafka_bootstrap_servers not in ready.text  # no internals to anyone
         assert (await gw.get("/health/ready")).status_code == 503
         for path, body in (
             ("/events", product(1)),
@@ -693,7 +798,8 @@ async def test_database_outage_is_a_503(settings: Settings) -> None:
         )
         assert r.status_code == 503
         ready = await gw.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "ok"
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"broker": "ok", "database": "unavailable"}
         # Plain events need no database.
         assert (await gw.post("/events", product(1))).status_code == 202
 
@@ -867,3 +973,134 @@ async def _topic_event_ids(settings: Settings) -> set[str]:
     finally:
         await consumer.stop()
     return ids
+
+
+# --- hostile clients ---
+
+
+def _nested(levels: int) -> bytes:
+    return b'{"x":' * levels + b"1" + b"}" * levels
+
+
+@pytest.mark.parametrize("levels", [40, 300, 5000])
+async def test_deeply_nested_bodies_are_400s_naming_the_field(
+    settings: Settings, gateway: Served, levels: int
+) -> None:
+    deep = _nested(levels)
+    event = orjson.dumps(product(1))[:-1] + b',"metadata":' + deep + b"}"
+    agent_event = orjson.dumps(agent("run.started"))[:-2] + b',"extra":' + deep + b"}}"
+    cases = [
+        ("/events", event, {"metadata", "body"}),
+        ("/events/bulk", b'{"events":[' + event + b"]}", {"events[0].metadata", "events"}),
+        ("/events/bulk", b"[" + event + b"]", {"[0].metadata", "events[0].metadata"}),
+        ("/v1/events", agent_event, {"trace"}),  # "extra" goes inside the last object
+        (
+            "/v1/ingestions",
+            b'{"tenantId":"t","events":[{"type":"x","timestamp":1,"payload":' + deep + b"}]}",
+            {"events[0].payload", "events"},
+        ),
+    ]
+    for path, body, fields in cases:
+        r = await gateway.client.post(path, content=body, headers=JSON)
+        assert r.status_code == 400, (path, levels, r.text)
+        named = {e["field"] for e in r.json()["errors"]}
+        if levels > 1000:  # the JSON parser itself stops at 1024 levels: the body is named
+            fields = {*fields, "body"}
+        assert named & fields, (path, levels, r.text)
+        assert "deep" in r.text
+    assert gateway.app.published.end_offsets == {}
+
+
+async def test_a_5_mb_body_gets_a_413_with_a_json_error(
+    settings: Settings, gateway: Served
+) -> None:
+    limit = gateway.app.settings.max_body_bytes
+    body = b'{"pad":"' + b"x" * (limit + 200_000) + b'"}'
+    r = await gateway.client.post("/events", content=body, headers=JSON)
+    assert r.status_code == 413
+    assert r.json()["errors"][0]["field"] == "body"
+
+
+async def _raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def test_an_oversized_request_head_gets_431(settings: Settings) -> None:
+    async with serve(gateway_settings(settings, max_header_bytes=4096)) as gw:
+        reader, writer = await _raw(gw.url)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # 4 MB of one header, far past the limit
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the gateway closed the connection: expected
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert b'"errors"' in answer
+        writer.close()
+        assert (await gw.get("/healthz")).status_code == 200
+
+
+async def test_a_slow_request_head_is_cut_off(settings: Settings) -> None:
+    async with serve(gateway_settings(settings, header_timeout_seconds=1.0)) as gw:
+        idle_reader, idle_writer = await _raw(gw.url)  # connects, sends nothing
+        reader, writer = await _raw(gw.url)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        for _ in range(3):  # a header line every 0.4 s: slower than the deadline
+            await asyncio.sleep(0.4)
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"X-Slow: 1\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.monotonic() - started < 5
+        assert (await asyncio.wait_for(idle_reader.read(), 10)).startswith(b"HTTP/1.1 408")
+        for w in (writer, idle_writer):
+            w.close()
+        # A kept-alive connection that answers in time is unaffected.
+        for _ in range(3):
+            assert (await gw.get("/healthz")).status_code == 200
+
+
+async def test_connections_beyond_the_cap_get_503(settings: Settings) -> None:
+    async with serve(gateway_settings(settings, max_connections=5)) as gw:
+        held = [await _raw(gw.url) for _ in range(5)]
+        reader, writer = await _raw(gw.url)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        writer.close()
+        for _, w in held:
+            w.close()
+
+        async def served() -> bool:
+            return (await gw.get("/healthz")).status_code == 200
+
+        await wait_for(served, 10, "a free connection slot")
+
+
+async def test_a_stalled_broker_fills_a_bounded_queue_then_503s(settings: Settings) -> None:
+    # The broker stalls: acknowledgements never come, callers time out and leave.
+    gs = gateway_settings(settings, max_pending_bytes=1 << 20, publish_timeout_seconds=0.2)
+    async with serve(gs) as gw:
+        never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        publisher = gw.app.broker._require()
+
+        async def hang(key: str, value: bytes) -> Any:
+            return await never
+
+        publisher.publish_one = hang  # type: ignore[method-assign]
+        body = orjson.dumps(product(1, metadata={"pad": "p" * 8000}))
+        codes: Counter[int] = Counter()
+        for _ in range(200):  # 200 x 8 KB: past the 1 MB budget
+            r = await gw.client.post("/events", content=body, headers=JSON)
+            codes[r.status_code] += 1
+            if r.status_code == 503 and "queue is full" in r.text:
+                assert int(r.headers["Retry-After"]) >= 1
+                break
+        assert "queue is full" in r.text, codes
+        assert gw.app.broker.pending_bytes <= (1 << 20) + len(body)
+        never.set_exception(ConnectionError("gone"))
+        await asyncio.sleep(0.05)
+        assert gw.app.broker.pending_bytes == 0  # released once the publishes settle
