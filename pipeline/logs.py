@@ -7,9 +7,9 @@ passed (DSNs are printed only through :func:`redact_dsn`).
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -57,11 +57,33 @@ def configure(level: str) -> None:
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***`` (for logs and status lines)."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The DSN with every secret replaced by ``***`` (for logs and status lines).
+
+    Handles each form libpq accepts: URLs (``postgresql://u:pw@h/db``, several
+    hosts ``h1:5432,h2:5433``, ``?password=`` and ``?sslpassword=`` in the
+    query) and keyword strings (``host=db password='s 3cret'``). Never raises:
+    what cannot be read is not shown.
+    """
+    try:
+        if _URL.match(dsn):
+            return _redact_url(dsn)
+        return _KEYWORD_SECRET.sub(r"\1***", dsn)
+    except Exception:  # pragma: no cover - a bug here must not hide the real error
+        return "<DSN not shown>"
+
+
+_URL = re.compile(r"(?i)^postgres(?:ql)?://")
+# password=... in a keyword DSN: a quoted value (with \' escapes) or up to a space
+_KEYWORD_SECRET = re.compile(r"(?i)(?<![\w])((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
+
+
+def _redact_url(dsn: str) -> str:
+    scheme, rest = dsn.split("://", 1)
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:query_at], rest[query_at:]
+    at = head.rfind("@")  # the userinfo ends at the last @ (the hosts hold none)
+    if at >= 0:
+        user, has_password, _ = head[:at].partition(":")
+        head = (f"{user}:***" if has_password else user) + head[at:]
+    return scheme + "://" + head + _QUERY_SECRET.sub(r"\1***", tail)
