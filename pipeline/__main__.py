@@ -191,7 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     rb.add_argument("--from", dest="start", required=True, help="RFC 3339 or unix seconds")
     rb.add_argument("--to", dest="end", required=True, help="exclusive; RFC 3339 or unix seconds")
     rb.set_defaults(run=_rebuild)
-    rt = sub.add_parser("retention", help="delete raw events and dead letters older than N days")
+    rt = sub.add_parser(
+        "retention", help="delete raw events, dead letters and ingestion jobs older than N days"
+    )
     rt.add_argument("--days", type=int, required=True)
     rt.set_defaults(run=_retention)
     ro = sub.add_parser(

@@ -4,8 +4,10 @@
 in [A, B) from the raw tables, in one transaction that holds new worker writes
 back until it commits: idempotent, safe while workers run.
 
-``retention --days N`` deletes raw events (by event time) and dead letters (by
-arrival) older than N days, in small batches, without touching the rollups.
+``retention --days N`` deletes raw events (by event time), dead letters (by
+arrival) and the gateway's ingestion jobs (by their last update) older than N
+days, in small batches, without touching the rollups. A pruned job's status is
+gone (404) and its Idempotency-Key may be used again.
 Keep exactly-once for replays older than that with MAX_EVENT_AGE_SECONDS below
 N days: a purged event that is re-published is otherwise stored and counted again.
 """
@@ -83,6 +85,8 @@ async def apply_retention(dsn: str, days: int, batch: int = 20_000) -> dict[str,
             ("raw_events", sql.DELETE_OLD_RAW_EVENTS),
             ("raw_agent_events", sql.DELETE_OLD_RAW_AGENT_EVENTS),
             ("dead_letters", sql.DELETE_OLD_DEAD_LETTERS),
+            ("ingestion_job_events", sql.DELETE_OLD_INGESTION_JOB_EVENTS),
+            ("ingestion_jobs", sql.DELETE_OLD_INGESTION_JOBS),
         ):
             total = 0
             while True:

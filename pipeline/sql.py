@@ -366,3 +366,16 @@ INSERT INTO partition_progress AS p (topic, partition, next_offset)
 SELECT $1, pa, nx FROM unnest($2::int4[], $3::int8[]) AS x(pa, nx)
 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
 """
+# An ingestion job goes once nothing updated it since the cutoff: its per-event
+# rows first (so a batch of jobs is never left half-deleted), then the job.
+DELETE_OLD_INGESTION_JOB_EVENTS = """
+DELETE FROM ingestion_job_events WHERE ctid = ANY (ARRAY(
+    SELECT e.ctid FROM ingestion_job_events e JOIN ingestion_jobs j USING (job_id)
+    WHERE j.updated_at < $1 LIMIT $2))
+"""
+DELETE_OLD_INGESTION_JOBS = """
+DELETE FROM ingestion_jobs WHERE job_id = ANY (ARRAY(
+    SELECT job_id FROM ingestion_jobs j WHERE updated_at < $1
+    AND NOT EXISTS (SELECT 1 FROM ingestion_job_events e WHERE e.job_id = j.job_id)
+    LIMIT $2))
+"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,12 +14,12 @@ import orjson
 import pytest
 
 from pipeline import sql
-from pipeline.batch import Limits, RawMessage, plan_batch
+from pipeline.batch import UNSTORABLE, Limits, RawMessage, plan_batch, quarantine
 from pipeline.maintenance import OffsetReset, apply_offset_reset, apply_retention, rebuild_rollups
 from pipeline.offsets import LogRange
 from pipeline.reconcile import reconcile
 from pipeline.settings import Settings
-from pipeline.sink import Abandoned, Sink, load_progress
+from pipeline.sink import Abandoned, Sink, Unstorable, load_progress
 
 pytestmark = pytest.mark.integration
 
@@ -180,6 +181,29 @@ async def test_retention_deletes_old_raw_rows_and_keeps_rollups(
     assert await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly") == rollups
 
 
+async def test_retention_prunes_old_ingestion_jobs_and_their_events(
+    pool: asyncpg.Pool, database: str
+) -> None:
+    jobs = [uuid.uuid4() for _ in range(3)]
+    for n, job in enumerate(jobs):  # two finished 2 and 3 days ago, one just now
+        await pool.execute(
+            "INSERT INTO ingestion_jobs (job_id, tenant_id, idempotency_key, request_sha256,"
+            " accepted, stored, updated_at) VALUES ($1, 't', $2, 'x', 3, 3,"
+            " now() - make_interval(days => $3))",
+            job,
+            f"key-{n}",
+            (3, 2, 0)[n],
+        )
+        await pool.executemany(
+            "INSERT INTO ingestion_job_events (job_id, seq, outcome) VALUES ($1, $2, 'stored')",
+            [(job, seq) for seq in range(3)],
+        )
+    deleted = await apply_retention(database, days=1, batch=2)
+    assert (deleted["ingestion_job_events"], deleted["ingestion_jobs"]) == (6, 2)
+    assert await pool.fetchval("SELECT array_agg(job_id) FROM ingestion_jobs") == [jobs[2]]
+    assert await pool.fetchval("SELECT count(*) FROM ingestion_job_events") == 3
+
+
 async def test_a_replay_after_reset_offsets_adds_nothing(pool: asyncpg.Pool, database: str) -> None:
     sink = _sink(pool)
     messages = [_msg(i, _event(i)) for i in range(12)]
@@ -193,3 +217,28 @@ async def test_a_replay_after_reset_offsets_adds_nothing(pool: asyncpg.Pool, dat
     assert result.stored == 0
     assert [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)] == rollups
     assert (await load_progress(pool, "events"))[0][0] == 12
+
+
+async def test_an_event_postgresql_refuses_comes_back_alone_and_nothing_is_kept(
+    pool: asyncpg.Pool, database: str
+) -> None:
+    # Validation keeps such content out; the sink must still never exit over it.
+    messages = [_msg(i, _event(i)) for i in range(4)]
+    plan = plan_batch(messages, Limits(), NOW_US, {})
+    plan.products[2] = dataclasses.replace(plan.products[2], payload=b'{"broken": ')
+    sink = _sink(pool)
+    with pytest.raises(Unstorable) as refusal:
+        await sink.write(plan)
+    ((event, why),) = refusal.value.refused
+    assert event.source.offset == 2
+    assert "InvalidTextRepresentation" in why or "json" in why.lower()
+    assert await pool.fetchval("SELECT count(*) FROM raw_events") == 0
+    assert await pool.fetchval("SELECT count(*) FROM partition_progress") == 0
+    quarantine(plan, refusal.value.refused)
+    result = await sink.write(plan)
+    assert (result.stored, result.dead_lettered) == (3, 1)
+    row = await pool.fetchrow("SELECT reason, raw, source_offset FROM dead_letters")
+    assert tuple(row) == (UNSTORABLE, b'{"broken": ', 2)
+    assert await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly") == 3
+    assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 4
+    assert (await reconcile(database)).consistent
