@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.kafka_broker import KAFKA_VERSION
 
@@ -145,6 +146,17 @@ def test_compose_file_validates_and_defines_the_stack(
     assert config.get(svc("gateway", "depends_on", "kafka", "condition")) == "service_healthy"
     assert svc("gateway", "ports") in config
 
+    # Safe defaults: the gateway needs keys unless told otherwise, and only the host's
+    # loopback reaches it.
+    assert config[svc("gateway", "environment", "GATEWAY_REQUIRE_API_KEYS")] == "true"
+    assert config[svc("gateway", "environment", "GATEWAY_HOST")] == "0.0.0.0"
+    full = yaml.safe_load(_compose("config").stdout)
+    published = full["services"]["gateway"]["ports"]
+    assert published, "the gateway publishes no port"
+    for port in published:  # short ("127.0.0.1:8080:8080") or long syntax
+        host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+        assert host_ip == "127.0.0.1", published
+
     # Production runs the Apache Kafka version the suite tests (KRaft, official image).
     assert config[svc("kafka", "image")] == f"apache/kafka:{KAFKA_VERSION}"
     assert config[svc("kafka", "environment", "KAFKA_PROCESS_ROLES")] == "broker,controller"
@@ -166,7 +178,7 @@ def test_dockerfile_runs_the_pipeline() -> None:
         if ln.strip() and not ln.strip().startswith("#")
     ]
     assert any(re.match(r"FROM\s+python:3\.11-slim\b", ln, re.IGNORECASE) for ln in lines)
-    assert any("pip install --no-cache-dir ." in ln for ln in lines)
+    assert any("pip install --no-cache-dir -c requirements.lock ." in ln for ln in lines)
 
     commands = []
     for ln in lines:
