@@ -11,11 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The repository (minus what .dockerignore leaves out), installed as a package.
+# The repository (minus what .dockerignore leaves out), installed as a package at
+# the exact versions of requirements.lock (the ones CI tested).
 # The source stays in /app as well: "python -m pipeline" run from /app finds
 # pipeline/ next to migrations/, which the migrate command reads.
 COPY . /app
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c requirements.lock . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin pipeline \
     && mkdir -p /var/lib/pipeline/worker \
     && chown -R pipeline /var/lib/pipeline
