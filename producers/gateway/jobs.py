@@ -83,8 +83,7 @@ async def claim_job(
         raise HttpError(
             409,
             [error("Idempotency-Key", "was already used with a different request body")],
-            extra={"jobId": str(earlier["job_id"])},
-        )
+        )  # no job id: the earlier request may be another caller's
     return JobClaim(str(earlier["job_id"]), False)
 
 

@@ -315,12 +315,23 @@ def _responses() -> dict[str, Any]:
     return {
         "400": err("The request is invalid: each bad field is named."),
         "401": err("No API key, or an unknown one (only when API_KEYS is set)."),
-        "404": err("No such resource."),
+        "403": err(
+            "The API key may not use that tenant, or this endpoint needs a key for every tenant."
+        ),
+        "404": err("No such resource, or one outside the API key's tenants."),
         "409": err("The Idempotency-Key was used with a different body."),
         "413": err("The body is larger than GATEWAY_MAX_BODY_BYTES."),
         "415": err("The body is not declared as JSON (Content-Type: application/json)."),
-        "429": err("Rate limit exceeded for this API key.", retry),
-        "503": err("The broker did not acknowledge, or the database is unreachable: retry.", retry),
+        "429": err(
+            "Rate limit exceeded for this API key, or too many failed authentications from"
+            " this address.",
+            retry,
+        ),
+        "503": err(
+            "The broker did not acknowledge, the publish queue is full, or the database is"
+            " unreachable: retry.",
+            retry,
+        ),
     }
 
 
@@ -328,7 +339,7 @@ def _post(summary: str, body: str, ok: dict[str, Any], *errs: str, **extra: Any)
     op: dict[str, Any] = {
         "summary": summary,
         "requestBody": {"required": True, "content": _json(_ref(body))},
-        "responses": {"202": ok, **_errors("400", "401", "413", "415", "503", *errs)},
+        "responses": {"202": ok, **_errors("400", "401", "403", "413", "415", "429", "503", *errs)},
     }
     return op | extra
 
@@ -387,7 +398,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [job_id],
                 "responses": {
                     "200": _ok("The job.", "JobStatus"),
-                    **_errors("400", "401", "404", "503"),
+                    **_errors("400", "401", "404", "429", "503"),
                 },
             }
         },
@@ -397,7 +408,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [job_id],
                 "responses": {
                     "200": _ok("Aggregates by type.", "JobResults"),
-                    **_errors("400", "401", "404", "503"),
+                    **_errors("400", "401", "404", "429", "503"),
                 },
             }
         },
@@ -427,7 +438,7 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _ok("Rollups.", "Metrics"),
-                    **_errors("400", "401", "429", "503"),
+                    **_errors("400", "401", "403", "404", "429", "503"),
                 },
             }
         },
@@ -453,7 +464,7 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _ok("Overview.", "Overview"),
-                    **_errors("400", "401", "429", "503"),
+                    **_errors("400", "401", "403", "404", "429", "503"),
                 },
             }
         },

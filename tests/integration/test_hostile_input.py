@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from pipeline.batch import BatchPlan, Limits, RawMessage, plan_batch, quarantine
 from pipeline.sink import Sink, Unstorable
+from tests.samples import AGENT, PRODUCT
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -30,16 +31,6 @@ T = TypeVar("T")
 NOW_US = 1_700_010_000 * 1_000_000
 LIMITS = Limits(max_message_bytes=1 << 20)
 
-PRODUCT = {"event_name": "e", "channel": "web", "user_id": "u", "timestamp": 1_700_000_000}
-AGENT = {
-    "event_version": "v0",
-    "event_id": "0b9f3c3e-8d0c-4f5e-9a7e-2f1d1c0b9a8e",
-    "event_type": "run.completed",
-    "occurred_at": "2023-11-14T22:13:20Z",
-    "tenant": {"tenant_id": "t", "workspace_id": "w", "project_id": "p"},
-    "run": {"agent_id": "a", "workflow_id": "f", "run_id": "r", "status": "ok"},
-    "trace": {"trace_id": "x", "span_id": "y"},
-}
 
 # JSON text, not Python values: much of what matters here (lone surrogate
 # escapes, duplicate keys, 1e400, a BOM, 10,000 levels) has no Python value.
