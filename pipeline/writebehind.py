@@ -42,7 +42,8 @@ class WriteBehind:
 
     @property
     def in_flight(self) -> int:
-        return len(self._flight)
+        """Commits still running (finished ones stay listed until the next submit reads them)."""
+        return sum(not task.done() for task in self._flight)
 
     async def submit(self, prepared: Prepared, abandon: Callable[[], bool]) -> None:
         """Start committing ``prepared`` once its partitions and a lane are free."""

@@ -61,6 +61,9 @@ class Workload:
     batches: list[list[Message]] = field(default_factory=list)  # published in order
     duplicates: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
+    # Each bad value, as published on its own (envelope_size 1), and its reason:
+    # a test that reads the topic back counts the copies a retried publish left.
+    invalid_values: dict[bytes, str] = field(default_factory=dict)
     late: int = 0
 
     @property
@@ -282,6 +285,7 @@ def build_workload(opts: LoadOptions, partitions: int, chunk: int = 2_000) -> Wo
     for _ in range(n_invalid):
         reason, raw = maker.invalid()
         w.invalid[reason] += 1
+        w.invalid_values[raw] = reason
         stream.insert(rng.randrange(len(stream) + 1), ("raw", raw))
     # Late events go last: by then newer events have completed their hour.
     stream.extend(late)

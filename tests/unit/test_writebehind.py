@@ -71,6 +71,18 @@ async def test_disjoint_batches_commit_at_once_up_to_the_lanes() -> None:
     assert wb.in_flight == 0
 
 
+async def test_a_finished_commit_is_not_in_flight_though_no_batch_came_after_it() -> None:
+    # The tail probe runs only with nothing in flight: a last batch counted
+    # forever kept an idle partition's durable offset short of its log end.
+    wb, proc = write_behind(lanes=1)
+    await wb.submit(batch("a", 0), lambda: False)
+    await settle()
+    assert wb.in_flight == 1
+    proc.release("a")
+    await settle()
+    assert proc.log == ["start a", "end a"] and wb.in_flight == 0
+
+
 async def test_a_partition_s_batches_commit_in_order_even_with_a_free_lane() -> None:
     wb, proc = write_behind(lanes=2)
     await wb.submit(batch("a", 0, 1), lambda: False)
