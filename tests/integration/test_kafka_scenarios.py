@@ -103,6 +103,14 @@ async def test_aborted_transactions_are_never_stored_and_never_stall(
                 i += 1
             if round_no == 20:
                 await asyncio.sleep(0.5)  # let a batch commit between transactions
+        # Let the worker catch up, then end every partition's log in an aborted
+        # transaction: no record after it, so only the tail probe can prove
+        # those offsets absent (a worker without one stalls here every time).
+        await asyncio.sleep(3.0)
+        async with _aborting(txn):
+            for p in range(s.events_partitions):
+                await txn.send(s.events_topic, _event(i, "t"), key=b"tail", partition=p)
+                i += 1
     finally:
         await txn.stop()
         await plain.stop()
