@@ -24,7 +24,7 @@ lock:
 
 ## demo: embedded broker + PostgreSQL, a worker, a demo load, rollups and a reconciliation
 demo: setup
-	$(BIN)/python -m pipeline demo
+	$(BIN)/python -m tools demo
 
 ## tools: system tools the suite uses (docker-compose validates the compose file offline)
 tools:
@@ -47,7 +47,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python -m pipeline bench
+	$(BIN)/python -m tools bench
 
 ## soak: ROUNDS rounds of crashes and rescaling per broker (Tansu, Apache Kafka), exact checks
 ROUNDS ?= 30

@@ -1,4 +1,4 @@
--- Cheaper raw inserts, measured with `python -m pipeline bench` (sink cost per event).
+-- Cheaper raw inserts, measured with `python -m tools bench` (sink cost per event).
 --
 -- Raw events arrive roughly in event-time order: a BRIN index serves the
 -- occurred_at range scans (retention, rebuild-rollups) at almost no cost per

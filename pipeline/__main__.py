@@ -1,7 +1,8 @@
 """``python -m pipeline <command>``: the operator's front door.
 
 Commands: worker, migrate, topics, stack (up|down|status), status, rebuild-rollups,
-retention, reset-offsets, demo, bench, and reference (the benchmark's hand-rolled loop).
+retention, reset-offsets. The demo and the benchmark are tools around the product:
+``python -m tools demo|bench``.
 Bad configuration ends with a one-line message naming the setting, exit 2.
 """
 
@@ -9,61 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
-from collections.abc import Callable
 
-from pipeline.errors import PipelineError
+from pipeline.cli import run_command
 from pipeline.settings import Settings
 
 __all__ = ["main"]
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    import faust
+    from pipeline.worker.main import run_worker
 
-    from pipeline.app import create_app
-    from pipeline.health import HealthServer
-    from pipeline.logs import logging_config
-
-    if args.web_port is not None:
-        settings = settings.with_overrides(web_port=args.web_port)
-    app = create_app(settings)
-    health = HealthServer(app, settings.web_host, settings.web_port, settings.stuck_after_seconds)
-    worker = faust.Worker(
-        app,
-        health,
-        loglevel=settings.log_level,
-        logging_config=logging_config(settings.log_level),
-        redirect_stdouts=False,
-        quiet=True,
-    )
-    _tune_gc()
-    worker.execute_from_commandline()  # returns only through SystemExit
-    return 0
-
-
-def _tune_gc() -> None:
-    """Fewer cyclic-GC passes: a batch decodes ~10^5 short-lived, acyclic objects.
-
-    With the default threshold (700 allocations) the collector ran hundreds of
-    times per batch and took ~30% of plan time (bench: plan 13.5 → 9.6 µs per
-    event). Objects alive after start-up (modules, Faust) are frozen out of it.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-def _reference(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.reference import run_reference
-
-    _tune_gc()
-    return run_reference(settings, args.index, args.of)
+    return run_worker(settings, args.web_port)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.migrate import apply_migrations
+    from pipeline.sink.migrate import apply_migrations
 
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
@@ -82,33 +44,19 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline import stack
+    from pipeline.ops import stack
 
     return stack.main([args.action, "--dir", args.dir, "--broker", args.broker])
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.demo import run_demo
-
-    return run_demo(settings, count=args.count, keep=args.keep)
-
-
-def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.bench import run_bench
-
-    return run_bench(
-        settings, args.count, args.json, runs=args.runs, only=args.only, broker=args.broker
-    )
-
-
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.status import run_status
+    from pipeline.ops.status import run_status
 
     return run_status(settings, as_json=args.json)
 
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.maintenance import parse_hour, rebuild_rollups
+    from pipeline.ops.maintenance import parse_hour, rebuild_rollups
 
     start, end = parse_hour(args.start, "--from"), parse_hour(args.end, "--to")
     r = asyncio.run(rebuild_rollups(settings.require_database_url(), start, end))
@@ -120,7 +68,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _retention(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.maintenance import apply_retention
+    from pipeline.ops.maintenance import apply_retention
 
     deleted = asyncio.run(apply_retention(settings.require_database_url(), args.days))
     print(", ".join(f"{table}: {n} deleted" for table, n in deleted.items()))
@@ -128,8 +76,8 @@ def _retention(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reset(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.maintenance import apply_offset_reset, plan_offset_reset
-    from pipeline.textable import format_table
+    from pipeline.ops.maintenance import apply_offset_reset, plan_offset_reset
+    from pipeline.ops.textable import format_table
 
     resets = asyncio.run(plan_offset_reset(settings, args.to, args.partition))
     print(
@@ -210,40 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     ro.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     ro.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     ro.set_defaults(run=_reset)
-    d = sub.add_parser("demo", help="stack + worker + demo load + rollups, end to end")
-    d.add_argument("--count", type=int, default=20_000, help="events to publish")
-    d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    d.set_defaults(run=_demo)
-    b = sub.add_parser("bench", help="throughput and latency benchmark")
-    b.add_argument("--count", type=int, default=200_000, help="events per run")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
-    b.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians")
-    b.add_argument(
-        "--only", default=None, help="scenarios whose name holds one of these comma-separated words"
-    )
-    b.add_argument(
-        "--broker", choices=["tansu", "kafka"], default="tansu", help="the broker to measure on"
-    )
-    b.set_defaults(run=_bench)
-    r = sub.add_parser(
-        "reference", help="benchmark only: the worker's job in a hand-rolled aiokafka loop"
-    )
-    r.add_argument("--index", type=int, default=0, help="this process, 0-based")
-    r.add_argument("--of", type=int, default=1, help="processes sharing the partitions")
-    r.set_defaults(run=_reference)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    run: Callable[[argparse.Namespace, Settings], int] = args.run
-    try:
-        return run(args, Settings.from_env())
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(_parser(), argv)
 
 
 if __name__ == "__main__":

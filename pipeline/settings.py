@@ -6,17 +6,26 @@ Every variable is documented in the README ("Configuration").
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
+from pipeline.core.limits import EventLimits
+from pipeline.env import (
+    env_choice,
+    env_float,
+    env_int,
+    env_opt,
+    env_opt_choice,
+    env_opt_float,
+    env_port,
+    env_str,
+)
 from pipeline.errors import ConfigError
 
 __all__ = ["KafkaSecurity", "Settings"]
 
-T = TypeVar("T")
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -98,6 +107,15 @@ class Settings:
     def is_tansu(self) -> bool:
         return self.broker_profile == "tansu"
 
+    def event_limits(self) -> EventLimits:
+        """The limits the worker dead-letters by, and the gateway refuses by."""
+        return EventLimits(
+            max_message_bytes=self.max_message_bytes,
+            max_event_age_s=self.max_event_age_seconds,
+            max_future_s=self.max_future_seconds,
+            grace_s=self.completeness_grace_seconds,
+        )
+
     def require_database_url(self) -> str:
         if not self.database_url:
             raise ConfigError(
@@ -115,13 +133,13 @@ class Settings:
         """Read settings from ``env`` (default: the process environment)."""
         e = os.environ if env is None else env
         d = cls()
-        events_topic = _str(e, "EVENTS_TOPIC", d.events_topic)
+        events_topic = env_str(e, "EVENTS_TOPIC", d.events_topic)
         security = KafkaSecurity(
-            protocol=_choice(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _SECURITY_PROTOCOLS),
-            sasl_mechanism=_opt_choice(e, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS),
-            sasl_username=_opt(e, "KAFKA_SASL_USERNAME"),
-            sasl_password=_opt(e, "KAFKA_SASL_PASSWORD"),
-            ssl_cafile=_opt(e, "KAFKA_SSL_CAFILE"),
+            protocol=env_choice(e, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _SECURITY_PROTOCOLS),
+            sasl_mechanism=env_opt_choice(e, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS),
+            sasl_username=env_opt(e, "KAFKA_SASL_USERNAME"),
+            sasl_password=env_opt(e, "KAFKA_SASL_PASSWORD"),
+            ssl_cafile=env_opt(e, "KAFKA_SSL_CAFILE"),
         )
         if security.protocol.startswith("SASL") and not (
             security.sasl_username and security.sasl_password
@@ -131,114 +149,45 @@ class Settings:
                 "and KAFKA_SASL_PASSWORD."
             )
         return cls(
-            kafka_bootstrap_servers=_str(e, "KAFKA_BOOTSTRAP_SERVERS", d.kafka_bootstrap_servers),
+            kafka_bootstrap_servers=env_str(
+                e, "KAFKA_BOOTSTRAP_SERVERS", d.kafka_bootstrap_servers
+            ),
             kafka_security=security,
-            broker_profile=_choice(e, "KAFKA_BROKER_PROFILE", d.broker_profile, _PROFILES),
-            database_url=_opt(e, "DATABASE_URL"),
+            broker_profile=env_choice(e, "KAFKA_BROKER_PROFILE", d.broker_profile, _PROFILES),
+            database_url=env_opt(e, "DATABASE_URL"),
             events_topic=events_topic,
-            dlq_topic=_str(e, "DLQ_TOPIC", f"{events_topic}.dlq"),
-            events_partitions=_int(e, "EVENTS_PARTITIONS", d.events_partitions, minimum=1),
-            topic_replication=_int(e, "TOPIC_REPLICATION_FACTOR", d.topic_replication, minimum=1),
-            session_timeout_seconds=_opt_float(e, "WORKER_SESSION_TIMEOUT_SECONDS", minimum=3.0),
-            app_id=_str(e, "PIPELINE_APP_ID", d.app_id),
-            batch_max=_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
-            batch_seconds=_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
-            batch_bytes=_int(e, "SINK_BATCH_BYTES", d.batch_bytes, minimum=1),
-            sink_lanes=_int(e, "SINK_LANES", d.sink_lanes, minimum=1),
-            buffer_messages=_int(e, "WORKER_BUFFER_MESSAGES", d.buffer_messages, minimum=1),
-            completeness_grace_seconds=_int(
+            dlq_topic=env_str(e, "DLQ_TOPIC", f"{events_topic}.dlq"),
+            events_partitions=env_int(e, "EVENTS_PARTITIONS", d.events_partitions, minimum=1),
+            topic_replication=env_int(
+                e, "TOPIC_REPLICATION_FACTOR", d.topic_replication, minimum=1
+            ),
+            session_timeout_seconds=env_opt_float(e, "WORKER_SESSION_TIMEOUT_SECONDS", minimum=3.0),
+            app_id=env_str(e, "PIPELINE_APP_ID", d.app_id),
+            batch_max=env_int(e, "SINK_BATCH_MAX", d.batch_max, minimum=1),
+            batch_seconds=env_float(e, "SINK_BATCH_SECONDS", d.batch_seconds, minimum=0.01),
+            batch_bytes=env_int(e, "SINK_BATCH_BYTES", d.batch_bytes, minimum=1),
+            sink_lanes=env_int(e, "SINK_LANES", d.sink_lanes, minimum=1),
+            buffer_messages=env_int(e, "WORKER_BUFFER_MESSAGES", d.buffer_messages, minimum=1),
+            completeness_grace_seconds=env_int(
                 e, "COMPLETENESS_GRACE_SECONDS", d.completeness_grace_seconds, minimum=0
             ),
-            partition_idle_seconds=_int(
+            partition_idle_seconds=env_int(
                 e, "PARTITION_IDLE_SECONDS", d.partition_idle_seconds, minimum=1
             ),
-            max_event_age_seconds=_int(e, "MAX_EVENT_AGE_SECONDS", 0, minimum=0),
-            max_future_seconds=_int(e, "MAX_FUTURE_SECONDS", d.max_future_seconds, minimum=0),
-            max_message_bytes=_int(e, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
-            dedup_capacity=_int(e, "DEDUP_CAPACITY", d.dedup_capacity, minimum=0),
-            web_port=_port(e, "WORKER_WEB_PORT", d.web_port),
-            web_host=_str(e, "WORKER_WEB_HOST", d.web_host),
-            data_dir=_str(e, "WORKER_DATA_DIR", d.data_dir),
-            log_level=_choice(
+            max_event_age_seconds=env_int(e, "MAX_EVENT_AGE_SECONDS", 0, minimum=0),
+            max_future_seconds=env_int(e, "MAX_FUTURE_SECONDS", d.max_future_seconds, minimum=0),
+            max_message_bytes=env_int(e, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
+            dedup_capacity=env_int(e, "DEDUP_CAPACITY", d.dedup_capacity, minimum=0),
+            web_port=env_port(e, "WORKER_WEB_PORT", d.web_port),
+            web_host=env_str(e, "WORKER_WEB_HOST", d.web_host),
+            data_dir=env_str(e, "WORKER_DATA_DIR", d.data_dir),
+            log_level=env_choice(
                 e, "LOG_LEVEL", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True
             ),
-            db_retry_max_seconds=_float(
+            db_retry_max_seconds=env_float(
                 e, "DB_RETRY_MAX_SECONDS", d.db_retry_max_seconds, minimum=0.1
             ),
-            stuck_after_seconds=_float(
+            stuck_after_seconds=env_float(
                 e, "WORKER_STUCK_SECONDS", d.stuck_after_seconds, minimum=1.0
             ),
         )
-
-
-def _opt(env: Mapping[str, str], name: str) -> str | None:
-    return env.get(name, "").strip() or None
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    port = _int(env, name, default, minimum=0)
-    if port > 65535:
-        raise ConfigError(f"{name}={port} is not a TCP port (0..65535).")
-    return port
-
-
-def _str(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip()
-    return value or default
-
-
-def _number(
-    env: Mapping[str, str],
-    name: str,
-    default: T,
-    parse: Callable[[str], T],
-    kind: str,
-    minimum: Any,
-) -> T:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = parse(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not {kind}; set it to e.g. {default}.") from None
-    if not math.isfinite(value):  # type: ignore[arg-type]
-        raise ConfigError(f"{name}={raw!r} is not a finite number; set it to e.g. {default}.")
-    if value < minimum:
-        raise ConfigError(
-            f"{name}={raw!r} is below the minimum {minimum}; set it to e.g. {default}."
-        )
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    return _number(env, name, default, int, "a whole number", minimum)
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    return _number(env, name, default, float, "a number", minimum)
-
-
-def _opt_float(env: Mapping[str, str], name: str, minimum: float) -> float | None:
-    if not env.get(name, "").strip():
-        return None
-    return _float(env, name, minimum, minimum)
-
-
-def _choice(
-    env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], upper: bool = False
-) -> str:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    value = raw.upper() if upper else raw
-    if value not in choices:
-        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}.")
-    return value
-
-
-def _opt_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    return _choice(env, name, raw, choices, upper=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.dedup import product_dedup_key
-from pipeline.timeparse import parse_timestamp
+from pipeline.core.dedup import product_dedup_key
+from pipeline.core.timeparse import parse_timestamp
 
 __all__ = ["event_key"]
 

@@ -30,11 +30,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from pipeline.kafka_broker import KafkaToolsMissingError, ensure_jars, start_kafka
-from pipeline.migrate import apply_migrations
-from pipeline.runner import start_worker
+from pipeline.ops.kafka_broker import KafkaToolsMissingError, ensure_jars, start_kafka
+from pipeline.ops.postgres import start_embedded_postgres
+from pipeline.ops.procs import free_port, stop_pid
+from pipeline.ops.runner import start_worker
+from pipeline.ops.tansu import start_broker
 from pipeline.settings import Settings
-from pipeline.stack import free_port, start_broker, start_embedded_postgres, stop_pid
+from pipeline.sink.migrate import apply_migrations
 from pipeline.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 Routes only coordinate: bodies are judged in ``ingest.py``, publishes go
 through ``publish.py``, SQL lives in ``queries.py`` (run by ``jobs.py`` and
-``metrics.py``). Every client error is an :class:`HttpError`; a publish the
+``analytics.py``). Every client error is an :class:`HttpError`; a publish the
 broker did not acknowledge is a 503 with ``Retry-After``; a 202 is sent only
 after the broker acknowledged.
 
@@ -17,12 +17,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import asyncpg
 
 from pipeline.errors import PublishError
-from producers.gateway import jobs, metrics, openapi, queries
+from producers.gateway import analytics, jobs, openapi, queries
 from producers.gateway.accesslog import AccessLog
 from producers.gateway.auth import Caller, KeyCheck, RateLimiter
 from producers.gateway.http import (
@@ -78,12 +79,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         p = settings.pipeline
-        self.limits = Limits(
-            max_message_bytes=p.max_message_bytes,
-            max_event_age_s=p.max_event_age_seconds,
-            max_future_s=p.max_future_seconds,
-            max_events=settings.max_bulk_events,
-        )
+        self.limits = Limits(**asdict(p.event_limits()), max_events=settings.max_bulk_events)
         self.broker = Broker(settings)
         self.keys = KeyCheck(settings.api_keys)
         self.limiters = {
@@ -327,16 +323,16 @@ class Gateway:
 
     async def get_metrics(self, request: Request, caller: Caller) -> Response:
         caller.require_every_tenant("channel metrics")
-        q = metrics.parse_metrics_query(request.query, _now_us())
-        return json_response(200, await self._db(lambda conn: metrics.channel_metrics(conn, q)))
+        q = analytics.parse_metrics_query(request.query, _now_us())
+        return json_response(200, await self._db(lambda conn: analytics.channel_metrics(conn, q)))
 
     async def get_overview(self, request: Request, caller: Caller) -> Response:
-        q = metrics.parse_overview_query(request.query, _now_us())
+        q = analytics.parse_overview_query(request.query, _now_us())
         tenant = q.filters[0]
         if tenant is not None and not caller.may_use(tenant):
             raise HttpError(404, [error("tenant_id", "no such tenant")])
         scope = None if caller.tenants is None else sorted(caller.tenants)
-        overview = await self._db(lambda conn: metrics.agent_overview(conn, q, scope))
+        overview = await self._db(lambda conn: analytics.agent_overview(conn, q, scope))
         return json_response(200, overview)
 
     # --- health and documents ---

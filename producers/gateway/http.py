@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from pipeline.limits import MAX_DEPTH, bracket_bound, parser_gave_up, too_deep
+from pipeline.core.limits import MAX_DEPTH, bracket_bound, parser_gave_up, too_deep
 
 __all__ = [
     "ASGIApp",

@@ -1,7 +1,7 @@
 """Request bodies to publishable events, judged by the worker's own rules. Pure: no I/O.
 
-Every event is checked with :func:`pipeline.validate.validate_event` and
-:func:`pipeline.window.time_verdict` (the worker's limits), so what the gateway
+Every event is checked with :func:`pipeline.core.validate.validate_event` and
+:func:`pipeline.core.window.time_verdict` (the worker's limits), so what the gateway
 accepts the worker stores, and what the worker would dead-letter the client
 hears about as a 400 naming the field. Each accepted event leaves as its Kafka
 key (the dedup key) and its JSON bytes.
@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from pipeline.events import AgentEvent, Invalid, ProductEvent, Source
-from pipeline.validate import validate_event
-from pipeline.window import time_verdict
+from pipeline.core.events import AgentEvent, Invalid, ProductEvent, Source
+from pipeline.core.limits import EventLimits
+from pipeline.core.validate import validate_event
+from pipeline.core.window import time_verdict
 from producers.gateway.http import HttpError, error
 
 __all__ = [
@@ -40,12 +41,9 @@ _INGESTION_FIELDS = {"event_name": "type", "metadata": "payload", "timestamp": "
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """The worker's limits, so the gateway refuses what the worker would dead-letter."""
+class Limits(EventLimits):
+    """The worker's event limits (refused here what it would dead-letter), and a bulk's size."""
 
-    max_message_bytes: int = 1_048_576
-    max_event_age_s: int = 0
-    max_future_s: int = 3600
     max_events: int = 1000
 
 

@@ -1,4 +1,4 @@
-"""Every SQL statement the gateway runs, in one place (the pipeline's own live in pipeline/sql.py).
+"""Every SQL statement the gateway runs, in one place (the worker's are in pipeline/sink/sql.py).
 
 The gateway writes only ``ingestion_jobs`` rows (before publishing a job) and
 otherwise reads: the rollup tables for the metrics API, the job counts the

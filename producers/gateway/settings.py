@@ -12,14 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline.env import env_bool, env_float, env_int, env_port
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from producers.gateway.auth import GENERATE_KEY, ApiKey, parse_api_keys
 
 __all__ = ["GatewaySettings"]
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class GatewaySettings:
         e = os.environ if env is None else env
         d = cls()
         keys = parse_api_keys(e.get("API_KEYS", ""))
-        require_keys = _bool(e, "GATEWAY_REQUIRE_API_KEYS", d.require_api_keys)
+        require_keys = env_bool(e, "GATEWAY_REQUIRE_API_KEYS", d.require_api_keys)
         if require_keys and not keys:
             raise ConfigError(
                 "API_KEYS is empty and GATEWAY_REQUIRE_API_KEYS is on: set API_KEYS to"
@@ -81,78 +79,41 @@ class GatewaySettings:
         return cls(
             pipeline=pipeline if pipeline is not None else Settings.from_env(e),
             host=e.get("GATEWAY_HOST", "").strip() or d.host,
-            port=_int(e, "GATEWAY_PORT", d.port, 0, 65535),
-            max_body_bytes=_int(e, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes, 1024, 1 << 30),
-            max_bulk_events=_int(e, "GATEWAY_MAX_BULK_EVENTS", d.max_bulk_events, 1, 100_000),
-            envelope_events=_int(e, "GATEWAY_ENVELOPE_EVENTS", d.envelope_events, 1, 10_000),
+            port=env_port(e, "GATEWAY_PORT", d.port),
+            max_body_bytes=env_int(e, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes, 1024, 1 << 30),
+            max_bulk_events=env_int(e, "GATEWAY_MAX_BULK_EVENTS", d.max_bulk_events, 1, 100_000),
+            envelope_events=env_int(e, "GATEWAY_ENVELOPE_EVENTS", d.envelope_events, 1, 10_000),
             api_keys=keys,
             require_api_keys=require_keys,
-            metrics_rate_limit_per_minute=_int(
+            metrics_rate_limit_per_minute=env_int(
                 e, "METRICS_RATE_LIMIT_PER_MINUTE", d.metrics_rate_limit_per_minute, 0, 10**9
             ),
-            ingest_rate_limit_per_minute=_int(
+            ingest_rate_limit_per_minute=env_int(
                 e, "GATEWAY_INGEST_RATE_LIMIT_PER_MINUTE", d.ingest_rate_limit_per_minute, 0, 10**9
             ),
-            auth_failures_per_minute=_int(
+            auth_failures_per_minute=env_int(
                 e, "GATEWAY_AUTH_FAILURES_PER_MINUTE", d.auth_failures_per_minute, 0, 10**9
             ),
-            max_pending_bytes=_int(
+            max_pending_bytes=env_int(
                 e, "GATEWAY_MAX_PENDING_BYTES", d.max_pending_bytes, 1 << 20, 1 << 40
             ),
-            max_header_bytes=_int(e, "GATEWAY_MAX_HEADER_BYTES", d.max_header_bytes, 1024, 1 << 20),
-            header_timeout_seconds=_float(
+            max_header_bytes=env_int(
+                e, "GATEWAY_MAX_HEADER_BYTES", d.max_header_bytes, 1024, 1 << 20
+            ),
+            header_timeout_seconds=env_float(
                 e, "GATEWAY_HEADER_TIMEOUT_SECONDS", d.header_timeout_seconds, 0.1
             ),
-            max_connections=_int(e, "GATEWAY_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000),
-            publish_timeout_seconds=_float(
+            max_connections=env_int(e, "GATEWAY_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000),
+            publish_timeout_seconds=env_float(
                 e, "GATEWAY_PUBLISH_TIMEOUT_SECONDS", d.publish_timeout_seconds, 0.1
             ),
-            retry_after_seconds=_int(
+            retry_after_seconds=env_int(
                 e, "GATEWAY_RETRY_AFTER_SECONDS", d.retry_after_seconds, 1, 3600
             ),
-            linger_ms=_int(e, "GATEWAY_LINGER_MS", d.linger_ms, 0, 1000),
-            db_pool_size=_int(e, "GATEWAY_DB_POOL_SIZE", d.db_pool_size, 1, 1000),
-            access_log=_bool(e, "GATEWAY_ACCESS_LOG", d.access_log),
-            shutdown_grace_seconds=_float(
+            linger_ms=env_int(e, "GATEWAY_LINGER_MS", d.linger_ms, 0, 1000),
+            db_pool_size=env_int(e, "GATEWAY_DB_POOL_SIZE", d.db_pool_size, 1, 1000),
+            access_log=env_bool(e, "GATEWAY_ACCESS_LOG", d.access_log),
+            shutdown_grace_seconds=env_float(
                 e, "GATEWAY_SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds, 0.0
             ),
         )
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{name}={raw!r} is not a whole number; set it to e.g. {default}."
-        ) from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r} must lie between {low} and {high}.")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}.") from None
-    if not value >= low:
-        raise ConfigError(f"{name}={raw!r} is below the minimum {low}.")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false.")

@@ -30,10 +30,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.errors import PublishError
-from pipeline.reconcile import wait_until_processed
+from pipeline.ops.procs import free_port
+from pipeline.ops.tansu import spawn_broker
 from pipeline.settings import Settings
-from pipeline.sink import load_progress
-from pipeline.stack import free_port, spawn_broker
+from pipeline.sink.reconcile import wait_until_processed
+from pipeline.sink.writer import load_progress
 from producers.generate import Message, Workload
 from producers.publisher import Publisher, Receipt, partition_for
 from tests.chaos.faultproxy import FaultProxy

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pipeline.stack import free_port
+from pipeline.ops.procs import free_port
 from tests.chaos.chaoslib import RECOVERY, ProxiedBroker, proxied_dsn, spawn_tansu
 from tests.chaos.faultproxy import FaultProxy
 from tests.conftest import wait_for

@@ -15,7 +15,7 @@ Every round has its own topic, consumer group and database, and runs:
    pipeline), and every killed process really gone.
 
 Each round runs on Tansu and on Apache Kafka. ``CHAOS_ROUNDS`` sets the number
-of rounds per broker (3 by default: CI runs 6 in all); ``CHAOS_SEED`` fixes the
+of rounds per broker (2 by default: the suite runs 4 in all); ``CHAOS_SEED`` fixes the
 random choices (default: a new seed per run, shown in the figures and in any
 failure). ``make soak`` runs 30 rounds on each broker, stopping at the first failure.
 """
@@ -49,7 +49,7 @@ from tests.integration.test_end_to_end import assert_invariants
 
 pytestmark = [pytest.mark.chaos, pytest.mark.brokers]
 
-ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "2"))  # the suite's share; make soak runs 30
 SEED = int(os.environ.get("CHAOS_SEED", "0")) or random.randrange(1, 10**9)
 COUNT = int(os.environ.get("CHAOS_COUNT", "8000"))  # events per round
 RATE = 3_000.0  # events/s while the workers are disturbed

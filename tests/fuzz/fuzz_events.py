@@ -4,7 +4,7 @@
 
 Any exception escapes and stops the fuzzer with the input that caused it: the
 only acceptable outcome for any bytes is an event or an ``Invalid`` verdict.
-``tests/unit/test_fuzz.py`` runs a short, seeded session in the suite.
+``tests/unit/core/test_fuzz.py`` runs a short, seeded session in the suite.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from pipeline import codec, validate
-    from pipeline.batch import Limits, RawMessage, plan_batch
-    from pipeline.events import AgentEvent, Invalid, ProductEvent, Source
+    from pipeline.core import codec, validate
+    from pipeline.core.events import AgentEvent, Invalid, ProductEvent, Source
+    from pipeline.core.limits import EventLimits
+    from pipeline.core.planner import RawMessage, plan_batch
 
 NOW_US = 1_700_000_000_000_000
-LIMITS = Limits(max_message_bytes=1 << 20)
+LIMITS = EventLimits(max_message_bytes=1 << 20)
 SEEDS = [
     b'{"event_name":"e","channel":"web","user_id":"u","timestamp":1700000000,"metadata":{"a":[1]}}',
     b'[{"event_name":"e","channel":"web","user_id":"u","timestamp":"2023-11-14T22:13:20Z"}]',

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.reconcile import reconcile, rollups_as_rows, wait_until_processed
 from pipeline.settings import Settings
+from pipeline.sink.reconcile import reconcile, rollups_as_rows, wait_until_processed
 from producers.generate import LoadOptions, Workload, build_workload, publish_workload
 from producers.publisher import Publisher, Receipt
 from tests.conftest import Workers, http_get, metric_value, wait_for

@@ -38,15 +38,15 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
-from pipeline.reconcile import reconcile, wait_until_processed
+from pipeline.ops.procs import free_port
 from pipeline.settings import Settings
-from pipeline.stack import free_port
+from pipeline.sink.reconcile import reconcile, wait_until_processed
 from producers.gateway.app import Gateway
 from producers.gateway.auth import ApiKey, parse_api_keys
-from producers.gateway.bench import gateway_env
 from producers.gateway.server import uvicorn_config
 from producers.gateway.settings import GatewaySettings
 from tests.conftest import REPO, Workers, wait_for
+from tools.gateway_bench import gateway_env
 
 pytestmark = pytest.mark.integration
 

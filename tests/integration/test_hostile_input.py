@@ -21,15 +21,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch import BatchPlan, Limits, RawMessage, plan_batch, quarantine
-from pipeline.sink import Sink, Unstorable
+from pipeline.core.limits import EventLimits
+from pipeline.core.planner import BatchPlan, RawMessage, plan_batch, quarantine
+from pipeline.sink.writer import Sink, Unstorable
 from tests.samples import AGENT, PRODUCT
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 NOW_US = 1_700_010_000 * 1_000_000
-LIMITS = Limits(max_message_bytes=1 << 20)
+LIMITS = EventLimits(max_message_bytes=1 << 20)
 
 
 # JSON text, not Python values: much of what matters here (lone surrogate

@@ -1,9 +1,10 @@
 """A real Apache Kafka 4.x (KRaft) broker from Maven's jars, driven with aiokafka.
 
 One single-node test (topics, produce/consume, aborted and committed transactions seen
-through ``read_committed``, a clean stop and a restart on the same data folder) and one
-three-node test (replication 3, ``min.insync.replicas=2``, the leader killed and
-restarted). Without Java 17+ or Maven the tests fail in CI and skip elsewhere.
+through ``read_committed``, a clean stop and a restart on the same data folder). The
+three-node cluster is exercised under the pipeline in ``test_kafka_scenarios.py`` (the
+leader killed mid-load, its leadership moved, the node restarted into the ISR).
+Without Java 17+ or Maven the tests fail in CI and skip elsewhere.
 """
 
 from __future__ import annotations
@@ -13,21 +14,16 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 
-from pipeline.kafka_broker import (
+from pipeline.ops.kafka_broker import (
     KAFKA_VERSION,
     POM,
     KafkaBroker,
-    restart_cluster_node,
     start_kafka,
-    start_kafka_cluster,
-    stop_kafka_cluster,
 )
 from tests.conftest import require_kafka
 
@@ -199,94 +195,3 @@ async def test_single_broker_transactions_and_restart(
         await consumer.stop()
     await asyncio.to_thread(again.stop)
     assert _gone(again.pid)
-
-
-async def _partition(admin: AIOKafkaAdminClient, topic: str) -> dict[str, Any]:
-    described = await admin.describe_topics([topic])
-    partitions: list[dict[str, Any]] = described[0]["partitions"]
-    return partitions[0] if partitions else {}  # empty until the metadata has spread
-
-
-async def _wait_isr(bootstrap: str, topic: str, size: int) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        admin = await _admin(bootstrap)
-        try:
-            last = await _partition(admin, topic)
-        except KafkaError:
-            last = {}
-        finally:
-            await admin.close()
-        if last and last["leader"] >= 0 and len(last["isr"]) == size:
-            return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"ISR of {topic} did not reach {size}: {last}")
-
-
-@pytest.mark.integration
-async def test_cluster_survives_leader_kill(tmp_path: Path) -> None:
-    _require_kafka()
-    t0 = time.monotonic()
-    cluster = await asyncio.to_thread(start_kafka_cluster, tmp_path / "cluster", 3)
-    print(f"3-node cluster up in {time.monotonic() - t0:.1f} s")
-    try:
-        await _leader_kill_and_restart(cluster)
-    finally:
-        t0 = time.monotonic()
-        await asyncio.to_thread(stop_kafka_cluster, cluster)
-        print(f"3-node cluster stopped in {time.monotonic() - t0:.1f} s")
-    assert all(_gone(n.pid) for n in cluster)
-    assert [n.exit_code for n in cluster] == [143, 143, 143]
-
-
-async def _leader_kill_and_restart(cluster: list[KafkaBroker]) -> None:
-    """Replication 3, min ISR 2, acks=all: the leader dies, writes go on, it comes back."""
-    topic, tp = "replicated", TopicPartition("replicated", 0)
-    bootstrap = ",".join(n.bootstrap for n in cluster)
-    admin = await _admin(bootstrap)
-    try:
-        await admin.create_topics(
-            [NewTopic(topic, 1, 3, topic_configs={"min.insync.replicas": "2"})],
-            timeout_ms=15000,
-        )
-    finally:
-        await admin.close()
-    part = await _wait_isr(bootstrap, topic, 3)
-    assert sorted(part["replicas"]) == [1, 2, 3]
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=30000)
-    await producer.start()
-    try:
-        for i in range(10):
-            await producer.send_and_wait(topic, f"m{i}".encode())
-        leader = part["leader"]
-        node = next(n for n in cluster if n.node_id == leader)
-        node.kill()
-        t0 = time.monotonic()
-        for i in range(10, 20):
-            await producer.send_and_wait(topic, f"m{i}".encode())
-            if i == 10:
-                print(f"first acks=all send after the leader kill: {time.monotonic() - t0:.1f} s")
-        survivors = ",".join(n.bootstrap for n in cluster if n.node_id != leader)
-        after = await _wait_isr(survivors, topic, 2)
-        assert after["leader"] != leader and leader not in after["isr"]
-
-        t0 = time.monotonic()
-        await asyncio.to_thread(restart_cluster_node, cluster, leader)
-        print(f"node {leader} restarted in {time.monotonic() - t0:.1f} s")
-        await _wait_isr(bootstrap, topic, 3)
-        await producer.send_and_wait(topic, b"m20")
-    finally:
-        await producer.stop()
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        assert await consumer.end_offsets([tp]) == {tp: 21}
-        got = await _consume_all(consumer, tp, 21)
-        assert [v for _, v in got] == [f"m{i}".encode() for i in range(21)]
-    finally:
-        await consumer.stop()

@@ -6,8 +6,10 @@
   records take (the worker reads ``read_committed``; the fetch position proves
   those offsets absent).
 * A three-node KRaft cluster (replication 3, ``min.insync.replicas`` 2,
-  ``acks=all``): the leader of a busy partition is SIGKILLed mid-load and
-  restarted; nothing acknowledged is lost, nothing double-counted.
+  ``acks=all``): the leader of a busy partition is SIGKILLed mid-load (its
+  leadership moves, it leaves the ISR) and restarted (it rejoins the ISR);
+  nothing acknowledged is lost, nothing double-counted; every node exits
+  cleanly at the end.
 * ``stack down`` / ``stack up`` on Apache Kafka: the log and the group's
   offsets are kept, and the restarted worker resumes at its durable offsets
   (no replay beyond the last batch).
@@ -16,11 +18,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
+import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,19 +34,20 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
-from pipeline.kafka_broker import (
+from pipeline.ops.kafka_broker import (
     KafkaBroker,
     cluster_bootstrap,
     restart_cluster_node,
     start_kafka_cluster,
     stop_kafka_cluster,
 )
-from pipeline.reconcile import reconcile, wait_until_processed
-from pipeline.runner import start_worker
+from pipeline.ops.runner import start_worker
+from pipeline.ops.stack import stack_down, stack_up
 from pipeline.settings import Settings
-from pipeline.sink import load_progress
-from pipeline.stack import stack_down, stack_up
+from pipeline.sink.reconcile import reconcile, wait_until_processed
+from pipeline.sink.writer import load_progress
 from pipeline.topics import required_topics
 from producers.generate import LoadOptions, build_workload, publish_workload
 from producers.publisher import Publisher
@@ -146,7 +151,7 @@ class _aborting:
 
 
 async def _log_ends(s: Settings) -> dict[int, int]:
-    from pipeline.refetch import BrokerLog
+    from pipeline.worker.brokerlog import BrokerLog
 
     broker_log = BrokerLog(s)
     try:
@@ -164,6 +169,29 @@ async def cluster(tmp_path: Path) -> AsyncIterator[list[KafkaBroker]]:
         yield nodes
     finally:
         await asyncio.to_thread(stop_kafka_cluster, nodes)
+    assert not any(n.alive() for n in nodes), "a cluster node outlived its stop"
+    assert [n.exit_code for n in nodes] == [143, 143, 143]  # clean SIGTERM exits
+
+
+async def _wait_partition(
+    admin: AIOKafkaAdminClient,
+    topic: str,
+    partition: int,
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Poll the topic's metadata until ``partition`` satisfies ``done`` (leader, ISR)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(KafkaError):
+            described = await admin.describe_topics([topic])
+            found = [p for p in described[0]["partitions"] if p["partition"] == partition]
+            last = found[0] if found else {}
+            if last and done(last):
+                return last
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"partition {partition} of {topic} never got there: {last}")
 
 
 @ON_KAFKA
@@ -203,8 +231,13 @@ async def test_leader_killed_mid_load_loses_nothing_acknowledged(
         victim = next(n for n in cluster if n.node_id == leader)
         await asyncio.to_thread(victim.kill)
         assert not victim.alive(), "the killed leader still runs"
-        await asyncio.sleep(3.0)
+        moved = await _wait_partition(
+            admin, s.events_topic, busy, lambda p: p["leader"] not in (-1, leader)
+        )
+        assert leader not in moved["isr"], moved
+        await asyncio.sleep(2.0)
         await asyncio.to_thread(restart_cluster_node, cluster, leader)
+        await _wait_partition(admin, s.events_topic, busy, lambda p: len(p["isr"]) == 3)
         await publishing
     finally:
         await admin.close()

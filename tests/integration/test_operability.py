@@ -9,10 +9,10 @@ import sys
 import orjson
 import pytest
 
-from pipeline.reconcile import wait_until_processed
-from pipeline.runner import worker_env
+from pipeline.ops.runner import worker_env
+from pipeline.ops.status import Status, collect_status
 from pipeline.settings import Settings
-from pipeline.status import Status, collect_status
+from pipeline.sink.reconcile import wait_until_processed
 from producers.publisher import Publisher
 from tests.conftest import Workers, http_get, metric_value, wait_for
 

@@ -21,9 +21,9 @@ import asyncpg
 import orjson
 import pytest
 
-from pipeline.reconcile import reconcile
-from pipeline.runner import worker_env
+from pipeline.ops.runner import worker_env
 from pipeline.settings import Settings
+from pipeline.sink.reconcile import reconcile
 from pipeline.topics import ensure_topics
 from producers.generate import LoadOptions, build_workload, publish_workload
 from producers.publisher import Publisher

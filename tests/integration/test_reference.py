@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.reconcile import wait_until_processed
-from pipeline.runner import start_reference, stop_worker
+from pipeline.ops.runner import stop_worker
 from pipeline.settings import Settings
+from pipeline.sink.reconcile import wait_until_processed
 from producers.generate import LoadOptions
 from tests.integration.test_end_to_end import _publish, assert_invariants
+from tools.reference import start_reference
 
 pytestmark = pytest.mark.integration
 

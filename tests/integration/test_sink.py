@@ -13,13 +13,19 @@ import asyncpg
 import orjson
 import pytest
 
-from pipeline import sql
-from pipeline.batch import UNSTORABLE, Limits, RawMessage, plan_batch, quarantine
-from pipeline.maintenance import OffsetReset, apply_offset_reset, apply_retention, rebuild_rollups
-from pipeline.offsets import LogRange
-from pipeline.reconcile import reconcile
+from pipeline.core.limits import EventLimits
+from pipeline.core.offsets import LogRange
+from pipeline.core.planner import UNSTORABLE, RawMessage, plan_batch, quarantine
+from pipeline.ops.maintenance import (
+    OffsetReset,
+    apply_offset_reset,
+    apply_retention,
+    rebuild_rollups,
+)
 from pipeline.settings import Settings
-from pipeline.sink import Abandoned, Sink, Unstorable, load_progress
+from pipeline.sink import sql
+from pipeline.sink.reconcile import reconcile
+from pipeline.sink.writer import Abandoned, Sink, Unstorable, load_progress
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +64,10 @@ def _event(i: int, **extra: object) -> dict[str, object]:
 
 async def test_a_replayed_batch_adds_nothing(pool: asyncpg.Pool, database: str) -> None:
     messages = [_msg(i, _event(i)) for i in range(10)] + [RawMessage("events", 0, 10, b"{bad")]
-    plan = plan_batch(messages, Limits(), NOW_US, {})
+    plan = plan_batch(messages, EventLimits(), NOW_US, {})
     sink = _sink(pool)
     first = await sink.write(plan)
-    again = await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    again = await sink.write(plan_batch(messages, EventLimits(), NOW_US, {}))
     assert (first.stored, first.duplicates, first.dead_lettered) == (10, 0, 1)
     assert (again.stored, again.duplicates) == (0, 10)
     row = await pool.fetchrow("SELECT event_count, unique_users FROM rollup_channel_hourly")
@@ -80,7 +86,7 @@ async def test_the_commit_waits_for_before_commit_and_rolls_back_when_it_fails(
     loop = asyncio.get_running_loop()
     gate: asyncio.Future[None] = loop.create_future()
     plan = plan_batch(
-        [_msg(0, _event(0)), RawMessage("events", 0, 1, b"{bad")], Limits(), NOW_US, {}
+        [_msg(0, _event(0)), RawMessage("events", 0, 1, b"{bad")], EventLimits(), NOW_US, {}
     )
     writing = asyncio.create_task(sink.write(plan, before_commit=gate))
     await asyncio.sleep(0.3)
@@ -92,7 +98,7 @@ async def test_the_commit_waits_for_before_commit_and_rolls_back_when_it_fails(
 
     failed: asyncio.Future[None] = loop.create_future()
     failed.set_exception(Abandoned())
-    later = plan_batch([_msg(2, _event(2))], Limits(), NOW_US, {})
+    later = plan_batch([_msg(2, _event(2))], EventLimits(), NOW_US, {})
     with pytest.raises(Abandoned):
         await sink.write(later, before_commit=failed)
     assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 2
@@ -101,8 +107,8 @@ async def test_the_commit_waits_for_before_commit_and_rolls_back_when_it_fails(
 
 async def test_offsets_and_watermarks_never_move_back(pool: asyncpg.Pool) -> None:
     sink = _sink(pool)
-    await sink.write(plan_batch([_msg(50, _event(50))], Limits(), NOW_US, {}))
-    await sink.write(plan_batch([_msg(7, _event(7))], Limits(), NOW_US, {}))
+    await sink.write(plan_batch([_msg(50, _event(50))], EventLimits(), NOW_US, {}))
+    await sink.write(plan_batch([_msg(7, _event(7))], EventLimits(), NOW_US, {}))
     row = await pool.fetchrow("SELECT next_offset, watermark FROM partition_progress")
     assert row["next_offset"] == 51
     assert row["watermark"].timestamp() == 1_700_000_050
@@ -135,7 +141,7 @@ async def test_ingestion_job_counts_are_exact_under_replay(pool: asyncpg.Pool) -
     ]
     sink = _sink(pool)
     for _ in range(2):  # the second pass is a replay: it must count nothing
-        await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+        await sink.write(plan_batch(messages, EventLimits(), NOW_US, {}))
     row = await pool.fetchrow(
         "SELECT stored, duplicates, dead_lettered FROM ingestion_jobs WHERE job_id = $1",
         uuid.UUID(job),
@@ -152,7 +158,7 @@ async def test_rebuild_rollups_reproduces_what_the_sink_added(
 ) -> None:
     sink = _sink(pool)
     messages = [_msg(i, _event(i * 700)) for i in range(30)]  # spans several hours
-    await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    await sink.write(plan_batch(messages, EventLimits(), NOW_US, {}))
     before = [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)]
     users_before = await pool.fetchval("SELECT count(*) FROM rollup_channel_users")
     await pool.execute("UPDATE rollup_channel_hourly SET event_count = event_count + 99")
@@ -173,7 +179,7 @@ async def test_retention_deletes_old_raw_rows_and_keeps_rollups(
     old = [_msg(i, _event(i)) for i in range(5)]  # 2023: older than a day
     now = time.time()
     fresh = [_msg(5 + i, _event(i, timestamp=now - 60)) for i in range(3)]
-    await sink.write(plan_batch(old + fresh, Limits(), int(now * 1e6), {}))
+    await sink.write(plan_batch(old + fresh, EventLimits(), int(now * 1e6), {}))
     rollups = await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly")
     deleted = await apply_retention(database, days=1, batch=2)
     assert deleted["raw_events"] == 5
@@ -207,13 +213,13 @@ async def test_retention_prunes_old_ingestion_jobs_and_their_events(
 async def test_a_replay_after_reset_offsets_adds_nothing(pool: asyncpg.Pool, database: str) -> None:
     sink = _sink(pool)
     messages = [_msg(i, _event(i)) for i in range(12)]
-    await sink.write(plan_batch(messages, Limits(), NOW_US, {}))
+    await sink.write(plan_batch(messages, EventLimits(), NOW_US, {}))
     rollups = [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)]
     settings = Settings(database_url=database, events_topic="events")
     await apply_offset_reset(settings, [OffsetReset(0, 12, LogRange(0, 12), 0)])
     durable = await load_progress(pool, "events")
     assert durable[0][0] == 0
-    result = await sink.write(plan_batch(messages, Limits(), NOW_US, {}))  # the replay
+    result = await sink.write(plan_batch(messages, EventLimits(), NOW_US, {}))  # the replay
     assert result.stored == 0
     assert [tuple(r) for r in await pool.fetch(sql.CHANNEL_ROLLUPS)] == rollups
     assert (await load_progress(pool, "events"))[0][0] == 12
@@ -224,7 +230,7 @@ async def test_an_event_postgresql_refuses_comes_back_alone_and_nothing_is_kept(
 ) -> None:
     # Validation keeps such content out; the sink must still never exit over it.
     messages = [_msg(i, _event(i)) for i in range(4)]
-    plan = plan_batch(messages, Limits(), NOW_US, {})
+    plan = plan_batch(messages, EventLimits(), NOW_US, {})
     plan.products[2] = dataclasses.replace(plan.products[2], payload=b'{"broken": ')
     sink = _sink(pool)
     with pytest.raises(Unstorable) as refusal:

@@ -23,10 +23,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.reconcile import reconcile, wait_until_processed
-from pipeline.runner import start_worker
+from pipeline.ops.procs import free_port, stop_pid
+from pipeline.ops.runner import start_worker
+from pipeline.ops.stack import StackInfo, stack_down, stack_status, stack_up
 from pipeline.settings import Settings
-from pipeline.stack import StackInfo, free_port, stack_down, stack_status, stack_up, stop_pid
+from pipeline.sink.reconcile import reconcile, wait_until_processed
 from producers.generate import LoadOptions, build_workload, publish_workload
 from producers.publisher import Publisher
 
@@ -187,7 +188,7 @@ async def test_external_database_url_starts_no_postgres(state_dir: Path, databas
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = env or {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    cmd = [sys.executable, "-m", "pipeline.stack", *args]
+    cmd = [sys.executable, "-m", "pipeline.ops.stack", *args]
     return subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
     )

@@ -305,7 +305,7 @@ def test_settings_are_frozen() -> None:
 
 
 def test_the_worker_refuses_a_faust_it_was_not_written_for() -> None:
-    from pipeline.consumer import FAUST_VERSION, check_faust_version
+    from pipeline.worker.consumer import FAUST_VERSION, check_faust_version
 
     check_faust_version(FAUST_VERSION)
     with pytest.raises(ConfigError, match=r"faust-streaming 0\.16\.0 is installed"):

@@ -1,0 +1,31 @@
+"""Running a command-line tool's subcommand: parse, read the settings, refuse cleanly.
+
+Every ``python -m`` front door (``pipeline``, ``tools``) ends the same way on bad
+configuration: one line naming the setting, exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings
+
+__all__ = ["Command", "run_command"]
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Run the subcommand ``parser`` picks (its ``run`` default) with the environment's settings."""
+    args = parser.parse_args(argv)
+    run: Command = args.run
+    try:
+        return run(args, Settings.from_env())
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Operator tools: the local stack (brokers, embedded PostgreSQL, state), status, maintenance."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the batch writer, every statement the worker and the tools run, migrations."""

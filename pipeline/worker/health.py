@@ -1,0 +1,199 @@
+"""Each worker's HTTP endpoints: ``/health/live``, ``/health/ready`` and ``/metrics``.
+
+A tiny HTTP/1.1 server on the worker's own event loop (``WORKER_WEB_PORT``),
+started with the worker, before table recovery, so a probe always gets an
+answer:
+
+* live: the event loop answers within a second, and no assigned partition that
+  has lag has been without progress for ``stuck_after`` seconds while the sink
+  was not busy retrying a database outage. Faust consumers have been seen to
+  stop consuming after rebalances (issue 175): this turns such a worker
+  unhealthy, so its supervisor restarts it.
+* ready: partitions were assigned (the group was joined), PostgreSQL answers,
+  and no partition is stopped for a durable offset outside the broker's log.
+* metrics: Prometheus text (see metrics.py), lag per partition included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from mode import Service
+
+from pipeline.sink import sql
+from pipeline.worker.metrics import Labels
+
+if TYPE_CHECKING:
+    from pipeline.worker.app import PipelineApp
+
+__all__ = ["HealthServer"]
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 5.0
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+class HealthServer(Service):
+    def __init__(self, app: PipelineApp, host: str, port: int, stuck_after: float = 60.0) -> None:
+        super().__init__()
+        self.app = app
+        self.host, self.port = host, port
+        self.stuck_after = stuck_after
+        self._server: asyncio.Server | None = None
+        self._tick = time.monotonic()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_at = datetime.now(UTC)
+        metrics = app.processor.metrics
+        metrics.registry.gauge("pipeline_partition_lag", "messages not yet durable", self._lag)
+
+    async def on_start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        sockets = list(self._server.sockets or [])
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("health server listening", extra={"host": self.host, "port": self.port})
+
+    async def on_stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(Exception):  # best effort: a stale row ages out anyway
+            pool = await asyncio.wait_for(self.app.runtime.pool(), 2.0)
+            await asyncio.wait_for(pool.execute(sql.DELETE_WORKER_STATUS, self.worker_id), 2.0)
+
+    @Service.task
+    async def _report(self) -> None:
+        """Every few seconds, write this worker's partitions and progress to worker_status."""
+        while not self.should_stop:
+            await self.sleep(REPORT_EVERY)
+            try:
+                await asyncio.wait_for(self._write_report(), 5.0)
+            except Exception as exc:  # the database may be down: the next report retries
+                log.debug("worker report failed", extra={"error": repr(exc)})
+
+    async def _write_report(self) -> None:
+        now = time.monotonic()
+        parts = self.partitions()
+        ok, _ = self.live()
+        pool = await self.app.runtime.pool()
+        await pool.execute(
+            sql.UPSERT_WORKER_STATUS,
+            self.worker_id,
+            self.port,
+            sorted(parts),
+            orjson.dumps({str(p): d for p, (_, d, _) in parts.items()}).decode(),
+            orjson.dumps({str(p): round(now - at, 1) for p, (_, _, at) in parts.items()}).decode(),
+            ok,
+            self.started_at,
+        )
+
+    @Service.task
+    async def _heartbeat(self) -> None:
+        while not self.should_stop:
+            self._tick = time.monotonic()
+            await self.sleep(0.5)
+
+    # --- checks ---------------------------------------------------------------
+
+    def partitions(self) -> dict[int, tuple[int | None, int, float]]:
+        """Per assigned partition: (highwater, durable next offset, last progress time)."""
+        topic = self.app.runtime.settings.events_topic
+        proc = self.app.processor
+        out: dict[int, tuple[int | None, int, float]] = {}
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            out[tp.partition] = (
+                consumer.highwater(tp),
+                proc.durable.get(tp.partition, 0),
+                proc.progressed_at.get(tp.partition, time.monotonic()),
+            )
+        return out
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        loop_lag = now - self._tick
+        stuck = []
+        retrying = self.app.processor.sink_busy_retrying
+        for p, (highwater, durable, at) in self.partitions().items():
+            if highwater is not None and highwater > durable and now - at > self.stuck_after:
+                stuck.append(p)
+        ok = loop_lag < 5.0 and (not stuck or retrying)
+        return ok, {
+            "loop_lag_s": round(loop_lag, 3),
+            "stuck_partitions": stuck,
+            "sink_retrying": retrying,
+        }
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        assigned = sorted(self.partitions())
+        joined = self.app.processor.metrics.rebalances.value > 0 or bool(assigned)
+        try:
+            pool = await asyncio.wait_for(self.app.runtime.pool(), 2.0)
+            await asyncio.wait_for(pool.fetchval(sql.PING), 2.0)
+            database = True
+        except Exception as exc:  # any failure means "not ready", with the reason shown
+            log.warning("readiness: database unreachable", extra={"error": repr(exc)})
+            database = False
+        stopped = {str(p): stop.describe() for p, stop in self.app.processor.stopped.items()}
+        report = {
+            "partitions": assigned,
+            "joined": joined,
+            "database": database,
+            "out_of_range": stopped,
+        }
+        return joined and database and not stopped, report
+
+    def _lag(self) -> Iterable[tuple[Labels, float]]:
+        for p, (highwater, durable, _) in self.partitions().items():
+            if highwater is not None:
+                yield (("partition", str(p)),), max(highwater - durable, 0)
+
+    # --- HTTP -----------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            method, path = _request_line(request)
+            status, ctype, body = await self._route(method, path)
+            head = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        path = path.split("?", 1)[0]
+        if path not in ("/health/live", "/health/ready", "/metrics"):
+            return 404, "application/json", b'{"error":"not found"}'
+        if method not in ("GET", "HEAD"):
+            return 405, "application/json", b'{"error":"method not allowed"}'
+        if path == "/metrics":
+            text = self.app.processor.metrics.registry.render()
+            return 200, "text/plain; version=0.0.4", text.encode()
+        ok, detail = self.live() if path == "/health/live" else await self.ready()
+        body = orjson.dumps({"status": "ok" if ok else "unhealthy", **detail})
+        return (200 if ok else 503), "application/json", body
+
+
+def _request_line(request: bytes) -> tuple[str, str]:
+    parts = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    if len(parts) < 2:
+        return "", ""
+    return parts[0], parts[1]
