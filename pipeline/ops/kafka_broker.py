@@ -1,10 +1,10 @@
 """A real Apache Kafka 4.x broker in KRaft mode, from jars that Maven fetches.
 
-No tarball and no Docker: ``pipeline/kafka/pom.xml`` pins ``kafka_2.13`` (plus the SLF4J
+No tarball and no Docker: ``pipeline/ops/kafka/pom.xml`` pins ``kafka_2.13`` (plus the SLF4J
 binding for log4j2) and :func:`ensure_jars` copies its runtime dependencies once into a
 cache folder (``~/.cache/event-pipeline/kafka-<version>/lib``, or ``$KAFKA_JARS_DIR``)::
 
-    mvn -q -f pipeline/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=<lib>
+    mvn -q -f pipeline/ops/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=<lib>
 
 A stamp file written after a successful copy (it records the version and the pom's hash)
 makes later calls free; a changed pom fetches again. Java 17+ is needed to run the broker
@@ -63,7 +63,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -80,7 +79,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.commit import OffsetFetchRequest
 
 from pipeline.errors import StackError
-from pipeline.ops.procs import spawn_detached
+from pipeline.ops.procs import HOST, alive, free_ports, spawn_detached, tail, tail_text
 
 __all__ = [
     "CLUSTER_HEAP_MB",
@@ -103,10 +102,10 @@ __all__ = [
 ]
 
 KAFKA_VERSION = "4.1.2"
-"""The ``kafka.version`` of ``pipeline/kafka/pom.xml`` (a test keeps them equal)."""
+"""The ``kafka.version`` of ``pipeline/ops/kafka/pom.xml`` (a test keeps them equal)."""
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
-HOST = "127.0.0.1"
+
 READY_SECONDS = 60.0
 DEFAULT_HEAP_MB = 512
 CLUSTER_HEAP_MB = 384
@@ -245,7 +244,7 @@ def ensure_jars() -> Path:
         except subprocess.TimeoutExpired as e:
             raise KafkaBrokerError(f"Maven did not fetch the Kafka jars in {e.timeout} s") from e
         if done.returncode != 0:
-            tail = _tail_text(done.stdout + done.stderr, 30)
+            tail = tail_text(done.stdout + done.stderr, 30)
             raise KafkaBrokerError(
                 f"Maven could not fetch the Kafka {KAFKA_VERSION} jars "
                 f"(exit {done.returncode}):\n{tail}"
@@ -375,7 +374,7 @@ def _format_storage(java: str, lib: Path, data_dir: Path, cluster_id: str) -> No
     if done.returncode != 0:
         raise KafkaBrokerError(
             f"formatting the Kafka storage in {data_dir} failed (exit {done.returncode}):\n"
-            + _tail_text(done.stdout + done.stderr, 20)
+            + tail_text(done.stdout + done.stderr, 20)
         )
 
 
@@ -407,7 +406,7 @@ class KafkaBroker:
         """Whether the JVM is still running (a zombie counts as gone)."""
         if self._process is not None:
             return self._process.poll() is None
-        return _pid_alive(self.pid)
+        return alive(self.pid)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a controlled shutdown), wait up to ``timeout`` s, then SIGKILL."""
@@ -445,40 +444,6 @@ class KafkaBroker:
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(1.0)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _tail_text(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _log_tail(log_file: Path, lines: int = 40) -> str:
-    try:
-        text = log_file.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {log_file})"
-    return _tail_text(text, lines) or f"({log_file} is empty)"
 
 
 def _spawn(
@@ -604,7 +569,7 @@ async def _wait_ready(nodes: Sequence[KafkaBroker], deadline: float) -> None:
             if not node.alive():
                 raise KafkaBrokerError(
                     f"Kafka node {node.node_id} exited before it was ready; "
-                    f"the end of {node.log_file}:\n{_log_tail(node.log_file)}"
+                    f"the end of {node.log_file}:\n{tail(node.log_file, 40)}"
                 )
             reason = await _answers(node)
             if reason is None:
@@ -618,7 +583,7 @@ async def _wait_ready(nodes: Sequence[KafkaBroker], deadline: float) -> None:
             raise KafkaBrokerError(
                 f"Kafka node {node.node_id} at {node.bootstrap} was not ready in time "
                 f"(last: {why.get(node.node_id)}); the end of {node.log_file}:\n"
-                f"{_log_tail(node.log_file)}"
+                f"{tail(node.log_file, 40)}"
             )
         await asyncio.sleep(0.25)
 
@@ -689,7 +654,7 @@ def start_kafka(
     """
     data_dir = data_dir.resolve()
     if port is None or controller_port is None:
-        free = _free_ports(2)
+        free = free_ports(2)
         port = free[0] if port is None else port
         controller_port = free[1] if controller_port is None else controller_port
     write_server_properties(
@@ -737,7 +702,7 @@ def start_kafka_cluster(
         raise ValueError("a cluster needs at least one node")
     base_dir = base_dir.resolve()
     cluster_id = _cluster_id(base_dir / "cluster.id")
-    ports = _free_ports(2 * n)
+    ports = free_ports(2 * n)
     voters = {i + 1: ports[n + i] for i in range(n)}
     specs: list[_Spec] = []
     for i in range(n):

@@ -22,11 +22,13 @@ __all__ = [
     "ServerProc",
     "alive",
     "free_port",
+    "free_ports",
     "keep_detached",
     "port_open",
     "spawn_detached",
     "stop_pid",
     "tail",
+    "tail_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,21 @@ def keep_detached(proc: subprocess.Popen[bytes]) -> None:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((HOST, 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def port_open(port: int) -> bool:
@@ -87,8 +100,8 @@ def port_open(port: int) -> bool:
         return False
 
 
-def alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs and its command line contains ``marker``.
+def alive(pid: int, marker: str = "") -> bool:
+    """True if ``pid`` runs (not a zombie) and its command line contains ``marker``.
 
     The marker (listener URL, data folder) guards against a recycled pid after a reboot.
     """
@@ -140,8 +153,15 @@ def wait_exited(proc: psutil.Process, timeout: float) -> bool:
         time.sleep(0.02)
 
 
+def tail_text(text: str, lines: int) -> str:
+    """The last ``lines`` lines of ``text``."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
 def tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file, for an error message."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
-        return "(no log)"
+        return f"(no log at {path})"
+    return tail_text(text, lines) or f"({path} is empty)"
