@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FatalSinkError", "PipelineError", "PublishError", "StackError"]
+__all__ = [
+    "ConfigError",
+    "FatalSinkError",
+    "KafkaBrokerError",
+    "KafkaToolsMissingError",
+    "PipelineError",
+    "PublishError",
+    "StackError",
+]
 
 
 class PipelineError(Exception):
@@ -23,3 +31,11 @@ class StackError(PipelineError):
 
 class PublishError(PipelineError):
     """The broker did not acknowledge a publish."""
+
+
+class KafkaBrokerError(StackError):
+    """The Kafka jars could not be fetched, or a broker did not start or stop."""
+
+
+class KafkaToolsMissingError(KafkaBrokerError):
+    """``java`` (17+) is not installed, or ``mvn`` is not and the jars are not cached."""

@@ -30,7 +30,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from pipeline.ops.kafka_broker import KafkaToolsMissingError, ensure_jars, start_kafka
+from pipeline.errors import KafkaToolsMissingError
+from pipeline.ops.kafka_broker import start_kafka
+from pipeline.ops.kafka_jars import ensure_jars
 from pipeline.ops.postgres import start_embedded_postgres
 from pipeline.ops.procs import free_port, stop_pid
 from pipeline.ops.runner import start_worker

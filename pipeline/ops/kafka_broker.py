@@ -1,14 +1,4 @@
-"""A real Apache Kafka 4.x broker in KRaft mode, from jars that Maven fetches.
-
-No tarball and no Docker: ``pipeline/ops/kafka/pom.xml`` pins ``kafka_2.13`` (plus the SLF4J
-binding for log4j2) and :func:`ensure_jars` copies its runtime dependencies once into a
-cache folder (``~/.cache/event-pipeline/kafka-<version>/lib``, or ``$KAFKA_JARS_DIR``)::
-
-    mvn -q -f pipeline/ops/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=<lib>
-
-A stamp file written after a successful copy (it records the version and the pom's hash)
-makes later calls free; a changed pom fetches again. Java 17+ is needed to run the broker
-and Maven only for that first fetch.
+"""A real Apache Kafka 4.x broker in KRaft mode, from jars that Maven fetches (``kafka_jars.py``).
 
 :func:`start_kafka` runs one combined broker+controller node (``process.roles=broker,
 controller``) on 127.0.0.1, and :func:`start_kafka_cluster` runs ``n`` of them sharing one
@@ -57,18 +47,13 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import fcntl
-import hashlib
 import os
-import re
-import shutil
 import signal
 import struct
 import subprocess
 import time
 import uuid
-import zipfile
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,21 +63,20 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.commit import OffsetFetchRequest
 
-from pipeline.errors import StackError
+from pipeline.errors import KafkaBrokerError
+from pipeline.ops.kafka_jars import (
+    ensure_jars,
+    find_java,
+    storage_tool,
+)
 from pipeline.ops.procs import HOST, alive, free_ports, spawn_detached, tail, tail_text
 
 __all__ = [
     "CLUSTER_HEAP_MB",
     "DEFAULT_HEAP_MB",
-    "KAFKA_VERSION",
-    "POM",
     "READY_SECONDS",
     "KafkaBroker",
-    "KafkaBrokerError",
-    "KafkaToolsMissingError",
     "cluster_bootstrap",
-    "ensure_jars",
-    "jars_dir",
     "restart_cluster_node",
     "restart_kafka",
     "start_kafka",
@@ -101,22 +85,11 @@ __all__ = [
     "write_server_properties",
 ]
 
-KAFKA_VERSION = "4.1.2"
-"""The ``kafka.version`` of ``pipeline/ops/kafka/pom.xml`` (a test keeps them equal)."""
-
-POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
-
 READY_SECONDS = 60.0
 DEFAULT_HEAP_MB = 512
 CLUSTER_HEAP_MB = 384
-JAVA_MIN_MAJOR = 17
-STAMP = ".event-pipeline-kafka.stamp"
 PROBE_CLIENT = "kafka-broker-ready"
 OFFSETS_TOPIC = "__consumer_offsets"
-MISSING_TOOLS = (
-    "Apache Kafka needs Java 17+ and Maven (apt-get install openjdk-17-jre-headless maven): {what}"
-)
-STORAGE_TOOLS = ("kafka.tools.StorageTool", "org.apache.kafka.tools.StorageTool")
 # What kafka-run-class.sh passes, less what does not matter here.
 JVM_FLAGS = (
     "-XX:+UseG1GC",
@@ -143,128 +116,6 @@ logger.request.level = WARN
 """
 
 _T = TypeVar("_T")
-
-
-class KafkaBrokerError(StackError):
-    """The Kafka jars could not be fetched, or a broker did not start or stop."""
-
-
-class KafkaToolsMissingError(KafkaBrokerError):
-    """``java`` (17+) is not installed, or ``mvn`` is not and the jars are not cached."""
-
-
-# ---------------------------------------------------------------------------- jars
-
-
-def jars_dir() -> Path:
-    """Where the jars go: ``$KAFKA_JARS_DIR``, else the user's cache folder."""
-    override = os.environ.get("KAFKA_JARS_DIR")
-    if override:
-        return Path(override).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "event-pipeline" / f"kafka-{KAFKA_VERSION}" / "lib"
-
-
-def _java() -> str:
-    """The ``java`` on PATH, checked to be 17 or newer."""
-    java = shutil.which("java")
-    if java is None:
-        raise KafkaToolsMissingError(MISSING_TOOLS.format(what="no `java` on PATH"))
-    try:
-        out = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise KafkaToolsMissingError(
-            MISSING_TOOLS.format(what=f"`java -version` failed: {e}")
-        ) from e
-    found = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if found is None:
-        raise KafkaToolsMissingError(MISSING_TOOLS.format(what="cannot tell the version of `java`"))
-    major = int(found.group(1))
-    if major == 1 and found.group(2):  # "1.8.0" is Java 8
-        major = int(found.group(2))
-    if major < JAVA_MIN_MAJOR:
-        raise KafkaToolsMissingError(MISSING_TOOLS.format(what=f"`java` is Java {major}"))
-    return java
-
-
-def _stamp_text() -> str:
-    if not POM.is_file():
-        raise KafkaBrokerError(f"{POM} is missing: it lists the Kafka jars to fetch")
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    return f"kafka {KAFKA_VERSION}\npom {digest}\n"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def ensure_jars() -> Path:
-    """The folder holding the broker's jars, fetched with Maven the first time.
-
-    Raises :class:`KafkaBrokerError` with a one-line message when ``java`` (17+) is
-    missing, or ``mvn`` is missing and the jars are not there yet, or Maven fails.
-    """
-    _java()
-    lib = jars_dir()
-    stamp = lib / STAMP
-    want = _stamp_text()
-    if stamp.is_file() and stamp.read_text() == want:
-        return lib
-    with _locked(lib.parent / f".{lib.name}.lock"):
-        if stamp.is_file() and stamp.read_text() == want:
-            return lib  # another process fetched them while we waited
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise KafkaToolsMissingError(MISSING_TOOLS.format(what="no `mvn` on PATH"))
-        lib.mkdir(parents=True, exist_ok=True)
-        stamp.unlink(missing_ok=True)
-        for old in lib.glob("*.jar"):  # another version's jars must not share the classpath
-            old.unlink()
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={lib}",
-        ]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        except subprocess.TimeoutExpired as e:
-            raise KafkaBrokerError(f"Maven did not fetch the Kafka jars in {e.timeout} s") from e
-        if done.returncode != 0:
-            tail = tail_text(done.stdout + done.stderr, 30)
-            raise KafkaBrokerError(
-                f"Maven could not fetch the Kafka {KAFKA_VERSION} jars "
-                f"(exit {done.returncode}):\n{tail}"
-            )
-        if not any(lib.glob("kafka_2.13-*.jar")):
-            raise KafkaBrokerError(f"Maven ran but left no kafka_2.13 jar in {lib}")
-        stamp.write_text(want)
-    return lib
-
-
-def _storage_tool(lib: Path) -> str:
-    """The StorageTool class these jars have (it moved between Kafka versions)."""
-    wanted = {name.replace(".", "/") + ".class": name for name in STORAGE_TOOLS}
-    for jar in sorted(lib.glob("kafka*.jar")):
-        with zipfile.ZipFile(jar) as archive:
-            names = set(archive.namelist())
-        for entry, name in wanted.items():
-            if entry in names:
-                return name
-    raise KafkaBrokerError(f"none of {', '.join(STORAGE_TOOLS)} is in the jars of {lib}")
 
 
 # ---------------------------------------------------------------------------- config
@@ -360,7 +211,7 @@ def _format_storage(java: str, lib: Path, data_dir: Path, cluster_id: str) -> No
         f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
         "-cp",
         f"{lib}/*",
-        _storage_tool(lib),
+        storage_tool(lib),
         "format",
         f"--cluster-id={cluster_id}",  # an id may start with "-": never a separate word
         "--config",
@@ -590,7 +441,7 @@ async def _wait_ready(nodes: Sequence[KafkaBroker], deadline: float) -> None:
 
 def _launch(nodes_spec: Sequence[_Spec], ready_timeout: float) -> list[KafkaBroker]:
     """Start every node (a quorum needs a majority up at once), then wait for all."""
-    java = _java()
+    java = find_java()
     lib = ensure_jars()
     deadline = time.monotonic() + ready_timeout
     started: list[KafkaBroker] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops.kafka_broker import KAFKA_VERSION
+from pipeline.ops.kafka_jars import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

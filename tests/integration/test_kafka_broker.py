@@ -19,12 +19,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.ops.kafka_broker import (
-    KAFKA_VERSION,
-    POM,
-    KafkaBroker,
-    start_kafka,
-)
+from pipeline.ops.kafka_broker import KafkaBroker, start_kafka
+from pipeline.ops.kafka_jars import KAFKA_VERSION, POM
 from tests.conftest import require_kafka
 
 DEADLINE = 60.0
