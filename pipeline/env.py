@@ -19,6 +19,7 @@ __all__ = [
     "env_choice",
     "env_float",
     "env_int",
+    "env_name",
     "env_opt",
     "env_opt_choice",
     "env_opt_float",
@@ -32,6 +33,20 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 Env = Mapping[str, str]
+
+
+def env_name(env: Env, name: str, *aliases: str) -> str:
+    """Which of ``name`` and its ``aliases`` (names other tools use) to read.
+
+    The project's own name when it is set or none is; else the alias that is
+    set. Two set to different values is refused: which one was meant is unclear.
+    """
+    given = [n for n in (name, *aliases) if env.get(n, "").strip()]
+    values = {env[n].strip() for n in given}
+    if len(values) > 1:
+        listed = " and ".join(f"{n}={env[n].strip()!r}" for n in given)
+        raise ConfigError(f"{listed} disagree: set one of them.")
+    return given[0] if given else name
 
 
 def env_opt(env: Env, name: str) -> str | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.env import env_bool, env_float, env_int, env_port
+from pipeline.env import env_bool, env_float, env_int, env_name, env_port
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from producers.gateway.auth import GENERATE_KEY, ApiKey, parse_api_keys
@@ -79,14 +79,18 @@ class GatewaySettings:
         return cls(
             pipeline=pipeline if pipeline is not None else Settings.from_env(e),
             host=e.get("GATEWAY_HOST", "").strip() or d.host,
-            port=env_port(e, "GATEWAY_PORT", d.port),
+            port=env_port(e, env_name(e, "GATEWAY_PORT", "PORT"), d.port),
             max_body_bytes=env_int(e, "GATEWAY_MAX_BODY_BYTES", d.max_body_bytes, 1024, 1 << 30),
             max_bulk_events=env_int(e, "GATEWAY_MAX_BULK_EVENTS", d.max_bulk_events, 1, 100_000),
             envelope_events=env_int(e, "GATEWAY_ENVELOPE_EVENTS", d.envelope_events, 1, 10_000),
             api_keys=keys,
             require_api_keys=require_keys,
             metrics_rate_limit_per_minute=env_int(
-                e, "METRICS_RATE_LIMIT_PER_MINUTE", d.metrics_rate_limit_per_minute, 0, 10**9
+                e,
+                env_name(e, "METRICS_RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_METRICS_PER_MIN"),
+                d.metrics_rate_limit_per_minute,
+                0,
+                10**9,
             ),
             ingest_rate_limit_per_minute=env_int(
                 e, "GATEWAY_INGEST_RATE_LIMIT_PER_MINUTE", d.ingest_rate_limit_per_minute, 0, 10**9

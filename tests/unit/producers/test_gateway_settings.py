@@ -113,3 +113,29 @@ def test_required_keys_refuse_an_open_gateway() -> None:
     keyed = GatewaySettings.from_env({"GATEWAY_REQUIRE_API_KEYS": "true", "API_KEYS": A})
     assert keyed.auth_enabled
     assert not GatewaySettings.from_env({"GATEWAY_REQUIRE_API_KEYS": "false"}).auth_enabled
+
+
+def test_the_platform_names_port_and_seed_rate_limit_are_honoured() -> None:
+    # Cloud Run and Heroku set PORT; the seeds name the metrics limit this way.
+    gs = GatewaySettings.from_env({"PORT": "8123", "RATE_LIMIT_METRICS_PER_MIN": "7"})
+    assert (gs.port, gs.metrics_rate_limit_per_minute) == (8123, 7)
+    same = GatewaySettings.from_env({"PORT": "8123", "GATEWAY_PORT": "8123"})
+    assert same.port == 8123
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PORT": "8123", "GATEWAY_PORT": "9000"},
+        {"RATE_LIMIT_METRICS_PER_MIN": "7", "METRICS_RATE_LIMIT_PER_MINUTE": "8"},
+    ],
+)
+def test_a_name_and_its_alias_that_disagree_are_refused_naming_both(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        GatewaySettings.from_env(env)
+    assert all(f"{k}={v!r}" in str(caught.value) for k, v in env.items())
+
+
+def test_a_bad_port_is_reported_under_the_name_it_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"^PORT='http'"):
+        GatewaySettings.from_env({"PORT": "http"})
