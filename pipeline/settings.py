@@ -95,7 +95,8 @@ class Settings:
     max_future_seconds: int = 3600
     max_message_bytes: int = 1_048_576
     dedup_capacity: int = 2_000_000
-    web_port: int = 6066
+    web_port: int = 6066  # taken and not set by WORKER_WEB_PORT: a free one is chosen
+    web_port_fixed: bool = False  # WORKER_WEB_PORT (or --web-port) named it
     web_host: str = "127.0.0.1"
     data_dir: str = ".stack/worker"
     log_level: str = "WARNING"
@@ -179,6 +180,7 @@ class Settings:
             max_message_bytes=env_int(e, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
             dedup_capacity=env_int(e, "DEDUP_CAPACITY", d.dedup_capacity, minimum=0),
             web_port=env_port(e, "WORKER_WEB_PORT", d.web_port),
+            web_port_fixed=env_opt(e, "WORKER_WEB_PORT") is not None,
             web_host=env_str(e, "WORKER_WEB_HOST", d.web_host),
             data_dir=env_str(e, "WORKER_DATA_DIR", d.data_dir),
             log_level=env_choice(

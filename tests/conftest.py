@@ -281,7 +281,8 @@ class Workers:
         log = self.tmp / f"worker-{len(self.started)}.log"
         env.setdefault("WORKER_WEB_PORT", str(free_port()))
         env.setdefault("WORKER_DATA_DIR", str(self.tmp / f"worker-{len(self.started)}"))
-        w = WorkerProcess(start_worker(self.settings, log, **env), log, int(env["WORKER_WEB_PORT"]))
+        port = int(env["WORKER_WEB_PORT"] or 0)  # 0: the worker chooses (see its log)
+        w = WorkerProcess(start_worker(self.settings, log, **env), log, port)
         self.started.append(w)
         return w
 

@@ -44,10 +44,18 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 
 
 class HealthServer(Service):
-    def __init__(self, app: PipelineApp, host: str, port: int, stuck_after: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: PipelineApp,
+        host: str,
+        port: int,
+        stuck_after: float = 60.0,
+        replaces: int | None = None,
+    ) -> None:
         super().__init__()
         self.app = app
         self.host, self.port = host, port
+        self.replaces = replaces  # the default port, found taken (main.choose_web_port)
         self.stuck_after = stuck_after
         self._server: asyncio.Server | None = None
         self._tick = time.monotonic()
@@ -61,7 +69,15 @@ class HealthServer(Service):
         sockets = list(self._server.sockets or [])
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("health server listening", extra={"host": self.host, "port": self.port})
+        where = {"host": self.host, "port": self.port}
+        if self.replaces is not None:
+            log.warning(
+                "default web port in use (another worker?): health server listening on a free "
+                "port instead; set WORKER_WEB_PORT to choose",
+                extra={**where, "default_port": self.replaces},
+            )
+        else:
+            log.info("health server listening", extra=where)
 
     async def on_stop(self) -> None:
         if self._server is not None:

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import gc
+import socket
 
 import faust
 
+from pipeline.errors import ConfigError
 from pipeline.logs import logging_config
 from pipeline.settings import Settings
 from pipeline.worker.app import create_app
 from pipeline.worker.health import HealthServer
 
-__all__ = ["run_worker", "tune_gc"]
+__all__ = ["choose_web_port", "run_worker", "tune_gc"]
 
 
 def run_worker(settings: Settings, web_port: int | None = None) -> int:
     """Run until stopped (SIGTERM finishes the batch in hand); returns through SystemExit."""
     if web_port is not None:
-        settings = settings.with_overrides(web_port=web_port)
+        settings = settings.with_overrides(web_port=web_port, web_port_fixed=True)
+    port, taken = choose_web_port(settings.web_host, settings.web_port, settings.web_port_fixed)
     app = create_app(settings)
-    health = HealthServer(app, settings.web_host, settings.web_port, settings.stuck_after_seconds)
+    health = HealthServer(app, settings.web_host, port, settings.stuck_after_seconds, taken)
     worker = faust.Worker(
         app,
         health,
@@ -31,6 +34,33 @@ def run_worker(settings: Settings, web_port: int | None = None) -> int:
     tune_gc()
     worker.execute_from_commandline()  # returns only through SystemExit
     return 0
+
+
+def choose_web_port(host: str, port: int, fixed: bool) -> tuple[int, int | None]:
+    """The port for the health server, and the default port it replaces (None: none).
+
+    A second worker on one host finds the default port taken: it listens on a
+    free one instead (logged, and recorded in ``worker_status``). A port that
+    WORKER_WEB_PORT named is not replaced: it is refused, naming the setting.
+    """
+    if port == 0 or _bindable(host, port):
+        return port, None
+    if fixed:
+        raise ConfigError(
+            f"WORKER_WEB_PORT={port}: {host}:{port} is already in use (another worker?); set "
+            "WORKER_WEB_PORT to a free port, or leave it unset to have a free one chosen."
+        )
+    return 0, port
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def tune_gc() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 
 import orjson
@@ -14,6 +16,7 @@ from pipeline.ops.status import Status, collect_status
 from pipeline.settings import Settings
 from pipeline.sink.reconcile import wait_until_processed
 from producers.publisher import Publisher
+from tests.chaos.chaoslib import log_records
 from tests.conftest import Workers, http_get, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
@@ -114,3 +117,38 @@ async def test_status_shows_members_lag_watermarks_and_hours(
     out, _ = await cli.communicate()
     assert cli.returncode == 0
     assert "total lag: 0" in out.decode()
+
+
+async def test_a_second_worker_on_one_host_chooses_a_free_web_port(
+    settings: Settings, workers: Workers
+) -> None:
+    # "Another worker" holds the default port (or something else already does).
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with contextlib.suppress(OSError):
+        holder.bind(("127.0.0.1", Settings().web_port))
+        holder.listen()
+    try:
+        second = workers.start(WORKER_WEB_PORT="")  # unset: the default, as a user runs it
+
+        async def moved() -> dict[str, object] | None:
+            found = [r for r in log_records(second) if "default web port in use" in r["msg"]]
+            return found[0] if found else None
+
+        note = await wait_for(moved, 60, "the worker to say which port it chose")
+        assert note["default_port"] == Settings().web_port and note["port"] != note["default_port"]
+        port = int(str(note["port"]))
+
+        async def live() -> bool:
+            return (await http_get(port, "/health/live"))[0] == 200
+
+        await wait_for(live, 60, "/health/live on the chosen port")
+
+        # A port the operator named is not replaced: one clear line, exit 2.
+        named = workers.start(WORKER_WEB_PORT=str(port))
+        assert named.proc.wait(timeout=60) == 2
+        out = named.log.read_text()
+        assert f"WORKER_WEB_PORT={port}" in out and "already in use" in out
+        assert "Traceback" not in out, out
+        assert second.proc.poll() is None, second.tail()
+    finally:
+        holder.close()
