@@ -7,6 +7,7 @@ configuration: one line naming the setting, exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -29,3 +30,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `status | head`: the reader left. Nothing more to say; no traceback at exit
+        # either (Python flushes stdout once more on the way out).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a command killed by SIGPIPE

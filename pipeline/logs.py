@@ -72,7 +72,8 @@ def redact_dsn(dsn: str) -> str:
         return "<DSN not shown>"
 
 
-_URL = re.compile(r"(?i)^postgres(?:ql)?://")
+# Any scheme: a wrong one (mysql://u:pw@h) still must not show its password.
+_URL = re.compile(r"(?i)^[a-z][a-z0-9+.-]*://")
 # password=... in a keyword DSN: a quoted value (with \' escapes) or up to a space
 _KEYWORD_SECRET = re.compile(r"(?i)(?<![\w])((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")

@@ -44,13 +44,20 @@ def _options(a: argparse.Namespace) -> LoadOptions:
             raise PipelineError(f"--{name} must be a share between 0 and 1")
     if a.count < 1 or a.hours < 1 or a.envelope < 1:
         raise PipelineError("--count, --hours and --envelope must be at least 1")
+    if not a.rate >= 0 or a.rate == float("inf"):
+        raise PipelineError(
+            f"--rate {a.rate}: give events per second, at least 0 (0: as fast as possible)"
+        )
+    channels = tuple(c.strip() for c in a.channels.split(",") if c.strip())
+    if not channels:
+        raise PipelineError(f"--channels {a.channels!r}: name at least one channel, e.g. web,ios")
     return LoadOptions(
         count=a.count,
         duplicate_rate=a.duplicates,
         invalid_rate=a.invalid,
         late_rate=a.late,
         agent_rate=a.agents,
-        channels=tuple(c for c in a.channels.split(",") if c),
+        channels=channels,
         hours=a.hours,
         envelope_size=a.envelope,
         seed=a.seed,

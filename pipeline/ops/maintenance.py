@@ -19,13 +19,12 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
 from pipeline.core.offsets import LogRange, out_of_range
 from pipeline.core.timeparse import parse_timestamp, us_to_datetime
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.sink import sql
+from pipeline.sink.connect import connect
 from pipeline.worker.brokerlog import BrokerLog
 
 __all__ = [
@@ -60,7 +59,7 @@ def parse_hour(text: str, name: str) -> datetime:
 async def rebuild_rollups(dsn: str, start: datetime, end: datetime) -> RebuildResult:
     if end <= start:
         raise ConfigError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         async with conn.transaction():
             await conn.execute(sql.LOCK_FOR_REBUILD)
@@ -78,7 +77,7 @@ async def apply_retention(dsn: str, days: int, batch: int = 20_000) -> dict[str,
     if days < 1:
         raise ConfigError("--days must be at least 1")
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     deleted: dict[str, int] = {}
     try:
         for table, statement in (
@@ -136,7 +135,7 @@ async def plan_offset_reset(
                 f"--partition {partition}: topic {topic} has partitions 0..{count - 1}"
             )
         partitions = list(range(count)) if partition is None else [partition]
-        conn = await asyncpg.connect(settings.require_database_url())
+        conn = await connect(settings.require_database_url())
         try:
             durable = {
                 r["partition"]: r["next_offset"]
@@ -167,7 +166,7 @@ def _target(to: str, log: LogRange) -> int:
 async def apply_offset_reset(settings: Settings, resets: list[OffsetReset]) -> None:
     """Write the planned offsets; workers pick them up within seconds (stopped partitions)
     or at their next assignment."""
-    conn = await asyncpg.connect(settings.require_database_url())
+    conn = await connect(settings.require_database_url())
     try:
         await conn.execute(
             sql.SET_PROGRESS,

@@ -11,19 +11,22 @@ whether each is complete.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from pipeline.core.offsets import out_of_range
+from pipeline.errors import ConfigError
 from pipeline.ops.textable import format_table
 from pipeline.settings import Settings
 from pipeline.sink import sql
+from pipeline.sink.connect import connect
 from pipeline.worker.brokerlog import BrokerLog
 
 __all__ = ["PartitionStatus", "collect_status", "run_status"]
@@ -64,7 +67,13 @@ async def collect_status(s: Settings) -> Status:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=s.kafka_bootstrap_servers, **s.kafka_security.aiokafka_kwargs()
     )
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise ConfigError(
+            f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: the broker does not answer "
+            f"({exc}); start it (python -m pipeline stack up) or fix the address."
+        ) from None
     try:
         partitions = (await admin.describe_topics([topic]))[0]["partitions"]
         tps = [TopicPartition(topic, p["partition"]) for p in partitions]
@@ -72,7 +81,7 @@ async def collect_status(s: Settings) -> Status:
         committed = await admin.list_consumer_group_offsets(s.app_id, partitions=tps)
     finally:
         await admin.close()
-    conn = await asyncpg.connect(s.require_database_url())
+    conn = await connect(s.require_database_url())
     try:
         progress = {r["partition"]: r for r in await conn.fetch(sql.SELECT_PROGRESS_ROWS, topic)}
         hours = [dict(r) for r in await conn.fetch(sql.HOUR_COMPLETENESS)]
@@ -115,6 +124,8 @@ async def collect_status(s: Settings) -> Status:
 
 
 def run_status(s: Settings, as_json: bool) -> int:
+    # aiokafka logs each refused connection itself; the one line below says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     status = asyncio.run(collect_status(s))
     rows, hours = status.partitions, status.hours
     if as_json:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import asyncpg
 
-from pipeline.errors import ConfigError
 from pipeline.sink import sql
+from pipeline.sink.connect import connect
 
 __all__ = ["MIGRATIONS_DIR", "apply_migrations", "pending_migrations"]
 
@@ -32,10 +32,7 @@ async def pending_migrations(conn: asyncpg.Connection, folder: Path = MIGRATIONS
 
 async def apply_migrations(dsn: str, folder: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the names applied (empty when up to date)."""
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ConfigError(f"cannot connect to DATABASE_URL: {exc}") from None
+    conn = await connect(dsn)
     applied: list[str] = []
     try:
         await conn.execute(sql.ADVISORY_LOCK, _LOCK_ID)

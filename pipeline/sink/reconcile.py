@@ -13,9 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from pipeline.sink import sql
+from pipeline.sink.connect import connect
 from pipeline.sink.writer import load_progress
 
 __all__ = ["Reconciliation", "wait_until_processed", "reconcile", "rollups_as_rows"]
@@ -50,7 +49,7 @@ async def wait_until_processed(
     """Return once every partition's durable offset reached ``end_offsets`` (polled)."""
     target = sum(end_offsets.values())
     deadline = time.monotonic() + timeout
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         while True:
             durable = await load_progress(conn, topic)
@@ -67,7 +66,7 @@ async def wait_until_processed(
 
 
 async def reconcile(dsn: str) -> Reconciliation:
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         totals = await conn.fetchrow(sql.TOTALS)
         dead = {r["reason"]: r["n"] for r in await conn.fetch(sql.DEAD_LETTER_COUNTS)}
@@ -85,7 +84,7 @@ async def reconcile(dsn: str) -> Reconciliation:
 
 async def rollups_as_rows(dsn: str) -> tuple[list[list[Any]], list[list[Any]]]:
     """Both rollup tables in the generator's ``expected()`` row shape."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         channel = [
             [

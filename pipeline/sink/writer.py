@@ -130,7 +130,13 @@ class Sink:
             except TRANSIENT_ERRORS as exc:
                 self.retrying = True
                 log.warning(
-                    "sink retry", extra={"attempt": attempt, "error": repr(exc), "delay_s": delay}
+                    "sink retry",
+                    extra={
+                        "attempt": attempt,
+                        "error": repr(exc),
+                        "delay_s": delay,
+                        "setting": "DATABASE_URL",
+                    },
                 )
             except asyncpg.PostgresError as exc:
                 raise FatalSinkError(

@@ -59,7 +59,10 @@ class Runtime:
             except TRANSIENT_ERRORS as exc:
                 if loop.time() > until:
                     raise
-                log.warning("durable offsets unreachable, retrying", extra={"error": repr(exc)})
+                log.warning(
+                    "durable offsets unreachable, retrying",
+                    extra={"error": repr(exc), "setting": "DATABASE_URL"},
+                )
                 await asyncio.sleep(0.5)
 
     async def assignment_state(

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
+import sys
 
+import asyncpg
 import faust
 
 from pipeline.errors import ConfigError
 from pipeline.logs import logging_config
 from pipeline.settings import Settings
+from pipeline.sink.connect import explain, is_permanent
 from pipeline.worker.app import create_app
 from pipeline.worker.health import HealthServer
 
-__all__ = ["choose_web_port", "run_worker", "tune_gc"]
+__all__ = ["check_database", "choose_web_port", "run_worker", "tune_gc"]
 
 
 def run_worker(settings: Settings, web_port: int | None = None) -> int:
@@ -21,6 +25,7 @@ def run_worker(settings: Settings, web_port: int | None = None) -> int:
     if web_port is not None:
         settings = settings.with_overrides(web_port=web_port, web_port_fixed=True)
     port, taken = choose_web_port(settings.web_host, settings.web_port, settings.web_port_fixed)
+    check_database(settings.require_database_url())
     app = create_app(settings)
     health = HealthServer(app, settings.web_host, port, settings.stuck_after_seconds, taken)
     worker = faust.Worker(
@@ -51,6 +56,26 @@ def choose_web_port(host: str, port: int, fixed: bool) -> tuple[int, int | None]
             "WORKER_WEB_PORT to a free port, or leave it unset to have a free one chosen."
         )
     return 0, port
+
+
+def check_database(dsn: str) -> None:
+    """Refuse to start on a DATABASE_URL no retry can cure; warn (once) when it is down.
+
+    A wrong URL, database name or login ends in one line naming DATABASE_URL.
+    A server that does not answer may be on its way up: the worker starts and
+    its sink retries, naming DATABASE_URL in each retry it logs.
+    """
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError) as exc:
+        if is_permanent(exc):
+            raise explain(dsn, exc) from None
+        print(f"warning: {explain(dsn, exc)} The worker retries until it answers.", file=sys.stderr)
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -43,3 +43,8 @@ def test_every_dsn_form_hides_its_secret(dsn: str, shown: str) -> None:
 )
 def test_it_never_raises(prefix: str, rest: str) -> None:
     assert isinstance(redact_dsn(prefix + rest), str)
+
+
+def test_a_url_of_another_scheme_hides_its_password_too() -> None:
+    # Shown in "DATABASE_URL=... is not a PostgreSQL URL": the password must not be.
+    assert redact_dsn("mysql://u:secret@db/app") == "mysql://u:***@db/app"
