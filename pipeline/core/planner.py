@@ -7,9 +7,10 @@ watermark (max event time) that become durable with them. Pure: no I/O.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pipeline.core.codec import decode_message
 from pipeline.core.dedup import first_of_each_key
@@ -25,6 +26,7 @@ __all__ = [
     "Message",
     "RawMessage",
     "Run",
+    "UNPROCESSABLE",
     "UNSTORABLE",
     "plan_batch",
     "quarantine",
@@ -36,6 +38,9 @@ __all__ = [
 
 
 UNSTORABLE = "unstorable"  # the dead-letter reason of an event PostgreSQL refused
+UNPROCESSABLE = "unprocessable"  # the validator raised on it (a bug, kept to that event)
+
+log = logging.getLogger(__name__)
 PAUSE_EVERY = 128  # events between two calls of plan_batch's ``pause`` (~1 ms of work)
 
 
@@ -153,7 +158,7 @@ def plan_batch(
             if pause is not None and not items % PAUSE_EVERY:
                 pause()
             source = Source(msg.topic, msg.partition, msg.offset, index)
-            result = item if isinstance(item, Invalid) else validate_event(item, raw, source)
+            result = item if isinstance(item, Invalid) else _validate(item, raw, source)
             if not isinstance(result, Invalid):
                 reason = time_verdict(
                     result.ts_us, now_us, limits.max_event_age_s, limits.max_future_s
@@ -179,6 +184,24 @@ def plan_batch(
     for event in kept:
         (plan.products if isinstance(event, ProductEvent) else plan.agents).append(event)  # type: ignore[arg-type]
     return plan
+
+
+def _validate(item: Any, raw: bytes, source: Source) -> Event | Invalid:
+    """``validate_event``, with one message's surprise kept to that message.
+
+    The validator answers Invalid for every bad input it knows of. Should some
+    content still make it raise (a bug: a float past the range checks once did),
+    that event is dead-lettered as ``unprocessable``, and the batch, the
+    partition and the worker go on: bad input never blocks.
+    """
+    try:
+        return validate_event(item, raw, source)
+    except Exception as exc:
+        log.error(
+            "the validator raised on an event: dead-lettered as unprocessable (a bug: report it)",
+            extra={"error": repr(exc), "partition": source.partition, "offset": source.offset},
+        )
+        return Invalid(UNPROCESSABLE, f"the validator failed on this event ({exc!r})", None)
 
 
 def quarantine(plan: BatchPlan, refused: Sequence[tuple[Event, str]]) -> None:

@@ -17,6 +17,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 MIN_US = 0  # 1970-01-01T00:00:00Z
 MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+_MAX_SECONDS = MAX_US / 1_000_000 + 1  # floats past this are out of range anyway
 
 
 _RFC3339 = re.compile(
@@ -49,6 +50,9 @@ def parse_rfc3339(text: str) -> int:
     return _in_range((dt - EPOCH) // _ONE_US)
 
 
+_OUT_OF_RANGE = "is outside 1970-01-01..9999-12-31"
+
+
 def parse_timestamp(value: object) -> int:
     """Unix seconds (int or float, >= 0) or an RFC 3339 string to epoch microseconds."""
     if isinstance(value, str):
@@ -57,13 +61,17 @@ def parse_timestamp(value: object) -> int:
         raise ValueError("must be unix seconds (a number) or an RFC 3339 string")
     if not math.isfinite(value) or value < 0:
         raise ValueError("must be a finite, non-negative number of unix seconds")
+    if isinstance(value, float) and value > _MAX_SECONDS:
+        # value * 1e6 would overflow to inf (1e303 is finite; 1e309 is not), and round()
+        # of inf raises OverflowError: refuse as out of range before multiplying.
+        raise ValueError(_OUT_OF_RANGE)
     us = value * 1_000_000 if isinstance(value, int) else round(value * 1_000_000)
     return _in_range(us)
 
 
 def _in_range(us: int) -> int:
     if not MIN_US <= us <= MAX_US:
-        raise ValueError("is outside 1970-01-01..9999-12-31")
+        raise ValueError(_OUT_OF_RANGE)
     return us
 
 

@@ -492,6 +492,9 @@ def make_poison(
         elif kind == 13:  # an envelope element that cannot even be re-serialised
             deep = orjson.dumps(good)[:-1] + b',"tags":' + b"[" * 400 + b"]" * 400 + b"}"
             add(b"[" + deep + b',"element"]', ("too_deep", b""), ("not_an_object", b'"element"'))
+        elif kind == 11 and i % 30 == 11:  # seconds past the float range once crashed planning
+            v = orjson.dumps({**good, "timestamp": 1e308})
+            add(v, ("schema_invalid", v))
         elif kind == 14:  # an unknown field past the size limit
             v = orjson.dumps({**good, "blob": "b" * 20_000})
             add(v, ("too_large", v))

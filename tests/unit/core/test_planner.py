@@ -567,3 +567,30 @@ class TestSplitIntoLanes:
         assert split_into_lanes(messages, 1, 35) == split_by_bytes(messages, 35)
         assert split_into_lanes(messages, 2, 35) == split_by_bytes(messages, 35)
         assert split_into_lanes([], 2, 35) == []
+
+
+def test_a_timestamp_past_the_float_range_is_a_dead_letter_not_a_crash() -> None:
+    # Found by the OpenAPI fuzzer: one such message raised OverflowError out of
+    # planning, so the worker stopped on it and read it again after each restart.
+    bad = b'{"event_name":"a","channel":"web","user_id":"u","timestamp":1e308}'
+    p = plan([msg(0, bad)])
+    assert [(d.reason, d.field) for d in p.dead] == [("schema_invalid", "timestamp")]
+    assert p.progress[0].next_offset == 1
+
+
+def test_an_exception_in_the_validator_is_kept_to_its_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.core.planner as planner
+
+    real = planner.validate_event
+
+    def explode(item: Any, raw: bytes, source: Source) -> Any:
+        if item.get("user_id") == "boom":
+            raise ArithmeticError("a validator bug")
+        return real(item, raw, source)
+
+    monkeypatch.setattr(planner, "validate_event", explode)
+    p = plan([msg(0, product(user_id="boom")), msg(1, product())])
+    assert [d.reason for d in p.dead] == [planner.UNPROCESSABLE]
+    assert len(p.products) == 1 and p.progress[0].next_offset == 2

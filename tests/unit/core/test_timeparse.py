@@ -195,3 +195,10 @@ def test_unix_seconds_as_int_float_and_string_agree(seconds: int, millis: int) -
     assert with_ms == seconds * 1_000_000 + millis * 1000
     iso = (EPOCH + timedelta(seconds=seconds, milliseconds=millis)).isoformat()
     assert parse_timestamp(iso) == with_ms
+
+
+@pytest.mark.parametrize("seconds", [1.7e302, 1e308, 2.6e11])
+def test_huge_float_seconds_are_out_of_range_not_an_overflow(seconds: float) -> None:
+    # Found by the OpenAPI fuzzer: {"timestamp": 1e308} made round(inf) raise OverflowError.
+    with pytest.raises(ValueError, match=r"outside 1970-01-01\.\.9999-12-31"):
+        parse_timestamp(seconds)
