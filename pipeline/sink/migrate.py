@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
+from pipeline.errors import ConfigError
 from pipeline.sink import sql
 from pipeline.sink.connect import connect
 
@@ -32,6 +33,12 @@ async def pending_migrations(conn: asyncpg.Connection, folder: Path = MIGRATIONS
 
 async def apply_migrations(dsn: str, folder: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the names applied (empty when up to date)."""
+    if not _migration_files(folder):
+        # An installed wheel holds no migrations/: "up to date" would be a lie.
+        raise ConfigError(
+            f"no migrations in {folder}: run python -m pipeline migrate from a clone of the "
+            "repository (or the Docker image), where migrations/ sits next to pipeline/"
+        )
     conn = await connect(dsn)
     applied: list[str] = []
     try:

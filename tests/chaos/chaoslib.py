@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.errors import PublishError
 from pipeline.ops.procs import free_port
@@ -581,16 +583,31 @@ def expected_dead_letters(
     return out
 
 
+async def accept_oversized(settings: Settings, max_bytes: int) -> None:
+    """Apache Kafka refuses messages over its own 1 MB limit at publish (Tansu takes any):
+    raise the topic's limit so that the worker's MAX_MESSAGE_BYTES is what is tested."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC,
+            settings.events_topic,
+            configs={"max.message.bytes": str(max_bytes)},
+        )
+        await admin.alter_configs([resource])
+    finally:
+        await admin.close()
+
+
 # ---------------------------------------------------------------------------- proxied broker
 
 
 @dataclass
 class ProxiedBroker:
-    """A dedicated Tansu whose advertised listener is a FaultProxy in front of it."""
+    """A dedicated broker (Tansu or Apache Kafka) whose advertised listener is a FaultProxy."""
 
     proxy: FaultProxy
-    listen: str  # where Tansu really listens: only the proxy connects there
-    proc: subprocess.Popen[bytes]
+    listen: str  # where the broker really listens: only the proxy connects there
     log: Path
 
     @property

@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pipeline.ops.procs import free_port
+from pipeline.ops.kafka_broker import start_kafka
+from pipeline.ops.procs import free_port, free_ports
 from tests.chaos.chaoslib import RECOVERY, ProxiedBroker, proxied_dsn, spawn_tansu
 from tests.chaos.faultproxy import FaultProxy
-from tests.conftest import wait_for
+from tests.conftest import require_kafka, wait_for
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -61,8 +62,12 @@ async def _port_open(port: int) -> bool:
 
 
 @pytest.fixture
-async def proxied_broker(tmp_path: Path) -> AsyncIterator[ProxiedBroker]:
-    """A dedicated Tansu for one test whose only advertised path is a FaultProxy."""
+async def proxied_broker(tmp_path: Path, broker_kind: str) -> AsyncIterator[ProxiedBroker]:
+    """A dedicated broker for one test whose only advertised path is a FaultProxy."""
+    if broker_kind == "kafka":
+        async for proxied in _proxied_kafka(tmp_path):
+            yield proxied
+        return
     log = tmp_path / "proxied-broker.log"
     listen_port = free_port()
     proxy = FaultProxy("127.0.0.1", listen_port).start()
@@ -75,9 +80,36 @@ async def proxied_broker(tmp_path: Path) -> AsyncIterator[ProxiedBroker]:
             return await _port_open(listen_port)
 
         await wait_for(up, 20, f"Tansu on port {listen_port}", interval=0.05)
-        yield ProxiedBroker(proxy, f"127.0.0.1:{listen_port}", proc, log)
+        yield ProxiedBroker(proxy, f"127.0.0.1:{listen_port}", log)
     finally:
         proxy.stop()
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)  # memory-only: nothing to flush
             proc.wait(10)
+
+
+async def _proxied_kafka(tmp_path: Path) -> AsyncIterator[ProxiedBroker]:
+    """Apache Kafka listening on one port and advertising the proxy's to every client."""
+    require_kafka()
+    log = tmp_path / "proxied-kafka.log"
+    listen_port, controller_port = free_ports(2)
+    proxy = FaultProxy("127.0.0.1", listen_port).start()
+    advertised = {"advertised.listeners": f"PLAINTEXT://127.0.0.1:{proxy.port}"}
+    try:
+        node = await asyncio.to_thread(
+            start_kafka,
+            tmp_path / "proxied-kafka",
+            log,
+            listen_port,
+            controller_port,
+            extra_config=advertised,
+        )
+    except BaseException:
+        proxy.stop()
+        raise
+    try:
+        yield ProxiedBroker(proxy, f"127.0.0.1:{listen_port}", log)
+    finally:
+        proxy.stop()
+        await asyncio.to_thread(node.stop)
+        assert not node.alive(), "the proxied Kafka outlived its stop"

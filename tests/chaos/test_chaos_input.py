@@ -18,14 +18,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.settings import Settings
 from producers.generate import LoadOptions, build_workload
 from producers.publisher import Publisher, Receipt
 from tests.chaos.chaoslib import (
     ProgressMonitor,
+    accept_oversized,
     dead_letter_digests,
     digests,
     make_poison,
@@ -46,26 +45,10 @@ PARTITIONS = 6
 PROCESS_TIMEOUT = 150.0
 
 
-async def _accept_oversized(settings: Settings, max_bytes: int) -> None:
-    """Apache Kafka refuses messages over its own 1 MB limit at publish (Tansu takes any):
-    raise the topic's limit so that the worker's MAX_MESSAGE_BYTES is what is tested."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        resource = ConfigResource(
-            ConfigResourceType.TOPIC,
-            settings.events_topic,
-            configs={"max.message.bytes": str(max_bytes)},
-        )
-        await admin.alter_configs([resource])
-    finally:
-        await admin.close()
-
-
 async def test_poison_flood(settings: Settings, workers: Workers) -> None:
     dsn = settings.require_database_url()
     if settings.broker_profile == "kafka":
-        await _accept_oversized(settings, 3 * settings.max_message_bytes)
+        await accept_oversized(settings, 3 * settings.max_message_bytes)
     group = [start_worker(workers) for _ in range(2)]
     await wait_group_settled(group, PARTITIONS, timeout=90)
     opts = LoadOptions(count=10_000, seed=505, hours=3, invalid_rate=0.0)
