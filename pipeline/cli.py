@@ -11,7 +11,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import PipelineError
+from aiokafka.errors import KafkaConnectionError
+
+from pipeline.errors import PipelineError, broker_unreachable
 from pipeline.settings import Settings
 
 __all__ = ["Command", "run_command"]
@@ -24,7 +26,11 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     args = parser.parse_args(argv)
     run: Command = args.run
     try:
-        return run(args, Settings.from_env())
+        settings = Settings.from_env()
+        try:
+            return run(args, settings)
+        except KafkaConnectionError as exc:
+            raise broker_unreachable(settings.kafka_bootstrap_servers, exc) from None
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

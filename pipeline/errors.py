@@ -10,6 +10,7 @@ __all__ = [
     "PipelineError",
     "PublishError",
     "StackError",
+    "broker_unreachable",
 ]
 
 
@@ -39,3 +40,11 @@ class KafkaBrokerError(StackError):
 
 class KafkaToolsMissingError(KafkaBrokerError):
     """``java`` (17+) is not installed, or ``mvn`` is not and the jars are not cached."""
+
+
+def broker_unreachable(bootstrap: str, exc: BaseException) -> ConfigError:
+    """The one line for a broker that does not answer at ``KAFKA_BOOTSTRAP_SERVERS``."""
+    return ConfigError(
+        f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}: the broker does not answer ({exc}); start it "
+        "(python -m pipeline stack up) or fix the address."
+    )

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from pipeline.core.offsets import out_of_range
-from pipeline.errors import ConfigError
+from pipeline.errors import broker_unreachable
 from pipeline.ops.textable import format_table
 from pipeline.settings import Settings
 from pipeline.sink import sql
@@ -70,10 +70,7 @@ async def collect_status(s: Settings) -> Status:
     try:
         await admin.start()
     except KafkaError as exc:
-        raise ConfigError(
-            f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: the broker does not answer "
-            f"({exc}); start it (python -m pipeline stack up) or fix the address."
-        ) from None
+        raise broker_unreachable(s.kafka_bootstrap_servers, exc) from None
     try:
         partitions = (await admin.describe_topics([topic]))[0]["partitions"]
         tps = [TopicPartition(topic, p["partition"]) for p in partitions]

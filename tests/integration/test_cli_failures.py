@@ -66,8 +66,11 @@ def test_status_with_a_wrong_database_url(
     one_line_naming(run(settings, "pipeline", "status", DATABASE_URL=dsn), *words)
 
 
-def test_status_with_the_broker_down(settings: Settings) -> None:
-    proc = run(settings, "pipeline", "status", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9")
+@pytest.mark.parametrize(
+    "command", [["status"], ["topics"], ["reset-offsets", "--dry-run"]], ids=" ".join
+)
+def test_commands_with_the_broker_down(settings: Settings, command: list[str]) -> None:
+    proc = run(settings, "pipeline", *command, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9")
     one_line_naming(proc, "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9", "does not answer")
 
 
