@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return gateway_main(argv[1:])
     args = _parser().parse_args(argv)
+    # aiokafka logs each refused connection itself: the error line below says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env()
         summary = asyncio.run(generate(settings, _options(args), args.rate, args.quiet))

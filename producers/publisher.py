@@ -146,6 +146,7 @@ class Publisher:
             await self._producer.start()
             parts = await self._producer.partitions_for(self.topic)
         except (KafkaError, OSError) as exc:
+            await self._producer.stop()  # else aiokafka warns "Unclosed AIOKafkaProducer"
             raise PublishError(
                 f"cannot reach Kafka at {self._settings.kafka_bootstrap_servers}: {exc}. "
                 "Check KAFKA_BOOTSTRAP_SERVERS (or run `python -m pipeline stack up`)."

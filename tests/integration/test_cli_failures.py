@@ -90,6 +90,14 @@ def test_generate_refuses_bad_options(
     one_line_naming(run(settings, "producers", "generate", "--count", "10", *args), *words)
 
 
+def test_generate_with_the_broker_down(settings: Settings) -> None:
+    proc = run(
+        settings, "producers", "generate", "--count", "10", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9"
+    )
+    one_line_naming(proc, "127.0.0.1:9", "KAFKA_BOOTSTRAP_SERVERS")
+    assert "Unclosed" not in proc.stderr
+
+
 def test_reset_offsets_refuses_a_partition_the_topic_lacks(settings: Settings) -> None:
     proc = run(settings, "pipeline", "reset-offsets", "--partition", "99", "--dry-run")
     one_line_naming(proc, "--partition 99", "0..")
