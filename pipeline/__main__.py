@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from pipeline.cli import run_command
+from pipeline.logs import quiet_kafka_client
 from pipeline.settings import Settings
 
 __all__ = ["main"]
@@ -33,15 +33,10 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _quiet_clients() -> None:
-    """aiokafka logs each refused connection itself: a command's one error line says it all."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.topics import ensure_topics
 
-    _quiet_clients()
+    quiet_kafka_client()
     created = asyncio.run(ensure_topics(settings))
     for name, partitions in created.items():
         print(f"created topic {name} ({partitions} partitions)")
@@ -86,7 +81,7 @@ def _reset(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.ops.maintenance import apply_offset_reset, plan_offset_reset
     from pipeline.ops.textable import format_table
 
-    _quiet_clients()
+    quiet_kafka_client()
     resets = asyncio.run(plan_offset_reset(settings, args.to, args.partition))
     print(
         format_table(

@@ -50,6 +50,12 @@ def logging_config(level: str) -> dict[str, Any]:
     }
 
 
+def quiet_kafka_client() -> None:
+    """For one-shot commands: aiokafka logs each refused connection itself, while the
+    command's own one-line error (naming KAFKA_BOOTSTRAP_SERVERS) already says it all."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 def configure(level: str) -> None:
     import logging.config
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import PipelineError
+from pipeline.logs import quiet_kafka_client
 from pipeline.settings import Settings
 from producers.generate import LoadOptions, build_workload, publish_workload
 from producers.publisher import Publisher
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return gateway_main(argv[1:])
     args = _parser().parse_args(argv)
-    # aiokafka logs each refused connection itself: the error line below says it all.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    quiet_kafka_client()
     try:
         settings = Settings.from_env()
         summary = asyncio.run(generate(settings, _options(args), args.rate, args.quiet))

@@ -11,7 +11,6 @@ whether each is complete.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.core.offsets import out_of_range
 from pipeline.errors import broker_unreachable
+from pipeline.logs import quiet_kafka_client
 from pipeline.ops.textable import format_table
 from pipeline.settings import Settings
 from pipeline.sink import sql
@@ -121,8 +121,7 @@ async def collect_status(s: Settings) -> Status:
 
 
 def run_status(s: Settings, as_json: bool) -> int:
-    # aiokafka logs each refused connection itself; the one line below says it all.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    quiet_kafka_client()
     status = asyncio.run(collect_status(s))
     rows, hours = status.partitions, status.hours
     if as_json:
