@@ -1,4 +1,9 @@
-"""Structured logs: one JSON object per line on stderr, quiet (WARNING) by default.
+"""Structured logs: one JSON object per line on stderr, quiet by default.
+
+At the default level (INFO) our own code logs only what an operator wants to
+read: a worker's start, the partitions it owns (once per change), warnings
+and errors; never a line per batch. Libraries log warnings and errors only,
+each repeated message at most once per ten seconds (:class:`QuietFilter`).
 
 Fields passed with ``extra=`` become keys of the object; secrets are never
 passed (DSNs are printed only through :func:`redact_dsn`).
@@ -13,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure", "logging_config", "redact_dsn"]
+__all__ = ["JsonFormatter", "QuietFilter", "configure", "logging_config", "redact_dsn"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -34,19 +39,58 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+LIBRARIES = ("faust", "mode", "aiokafka", "kafka")
+
+
+class QuietFilter(logging.Filter):
+    """Keeps the default (INFO) log to what an operator reads.
+
+    * Lifecycle lines of Faust/mode services ("[^-HealthServer]: Starting...")
+      are DEBUG material: they are dropped unless DEBUG is asked for.
+    * A library repeating itself (aiokafka logs each failed connection attempt,
+      hundreds a minute while a broker is down) is said once per ``window``
+      seconds per message; the next line that gets through carries
+      ``repeated``: how many were left out.
+    """
+
+    def __init__(self, debug: bool = False, window: float = 10.0) -> None:
+        super().__init__()
+        self._debug = debug
+        self._window = window
+        self._last: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._debug:
+            return True
+        if record.levelno <= logging.INFO and str(record.msg).startswith("[^"):
+            return False
+        if record.name.split(".", 1)[0] not in LIBRARIES:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        seen, left_out = self._last.get(key, (-self._window, 0))
+        if record.created - seen < self._window:
+            self._last[key] = (seen, left_out + 1)
+            return False
+        self._last[key] = (record.created, 0)
+        if left_out:
+            record.repeated = left_out
+        return True
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """A dictConfig for our loggers and the libraries' (Faust, aiokafka)."""
+    debug = level == "DEBUG"
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "filters": {"quiet": {"()": QuietFilter, "debug": debug}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["quiet"]}
+        },
         "root": {"handlers": ["stderr"], "level": level},
         # Library chatter stays at WARNING unless DEBUG is asked for.
-        "loggers": {
-            name: {"level": "DEBUG" if level == "DEBUG" else "WARNING"}
-            for name in ("faust", "mode", "aiokafka", "kafka")
-        },
+        "loggers": {name: {"level": "DEBUG" if debug else "WARNING"} for name in LIBRARIES},
     }
 
 

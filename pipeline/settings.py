@@ -99,7 +99,7 @@ class Settings:
     web_port_fixed: bool = False  # WORKER_WEB_PORT (or --web-port) named it
     web_host: str = "127.0.0.1"
     data_dir: str = ".stack/worker"
-    log_level: str = "WARNING"
+    log_level: str = "INFO"
     db_retry_max_seconds: float = 10.0
     # A partition with lag and no progress for this long makes /health/live fail.
     stuck_after_seconds: float = 60.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.console import Progress
 from producers.keys import event_key
 from producers.publisher import Publisher, Receipt, partition_for
 
@@ -333,6 +333,7 @@ async def publish_workload(
     receipt = Receipt()
     started = time.monotonic()
     sent_events = 0
+    bar = Progress(enabled=progress)
     total = workload.options.count
     n = publisher.partitions
     for batch in workload.batches:
@@ -352,20 +353,17 @@ async def publish_workload(
             ahead = sent_events / rate - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        if progress:
-            _progress(sent_events, total, started)
+        bar.update(_progress_line(sent_events, total, started))
     receipt.events = sent_events
-    if progress:
-        sys.stderr.write("\n")
+    bar.close()
     return receipt
 
 
-def _progress(done: int, total: int, started: float) -> None:
+def _progress_line(done: int, total: int, started: float) -> str:
     elapsed = max(time.monotonic() - started, 1e-6)
     width = 30
     filled = int(width * min(done / max(total, 1), 1.0))
-    sys.stderr.write(
-        f"\rpublishing [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events"
+    return (
+        f"publishing [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events"
         f"  {done / elapsed:,.0f} ev/s"
     )
-    sys.stderr.flush()

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from pipeline.console import Progress
 from pipeline.ops.runner import start_worker, stop_worker
 from pipeline.ops.stack import stack_down, stack_up
 from pipeline.ops.textable import format_table
@@ -70,18 +71,19 @@ async def _run(settings: Settings, count: int) -> int:
         receipt = await publish_workload(pub, workload)
     _say("== waiting until the worker made every message durable")
     started = time.monotonic()
+    bar = Progress()
     await wait_until_processed(
-        settings.require_database_url(), settings.events_topic, receipt.end_offsets, 300, _progress
+        settings.require_database_url(),
+        settings.events_topic,
+        receipt.end_offsets,
+        300,
+        lambda done, total: bar.update(f"   processed {done}/{total} messages"),
     )
-    _say(f"\n   done in {time.monotonic() - started:.1f}s")
+    bar.close()
+    _say(f"   done in {time.monotonic() - started:.1f}s")
     report = await reconcile(settings.require_database_url())
     await _print_rollups(settings.require_database_url())
     return _print_reconciliation(workload, receipt, report)
-
-
-def _progress(done: int, total: int) -> None:
-    sys.stderr.write(f"\r   processed {done}/{total} messages")
-    sys.stderr.flush()
 
 
 async def _print_rollups(dsn: str) -> None:

@@ -29,7 +29,14 @@ from pipeline.sink import sql
 from pipeline.sink.connect import connect
 from pipeline.worker.brokerlog import BrokerLog
 
-__all__ = ["PartitionStatus", "collect_status", "run_status"]
+__all__ = ["FORGET_AFTER_S", "SILENT_AFTER_S", "PartitionStatus", "collect_status", "run_status"]
+
+# Workers report every 5 s (worker_status). One not heard from for SILENT_AFTER_S
+# was killed or is stuck: it is shown as SILENT and owns nothing; after
+# FORGET_AFTER_S it is no longer listed. A worker that stops gracefully removes
+# its row at once.
+SILENT_AFTER_S = 15.0
+FORGET_AFTER_S = 60.0
 
 
 @dataclass
@@ -82,7 +89,7 @@ async def collect_status(s: Settings) -> Status:
     try:
         progress = {r["partition"]: r for r in await conn.fetch(sql.SELECT_PROGRESS_ROWS, topic)}
         hours = [dict(r) for r in await conn.fetch(sql.HOUR_COMPLETENESS)]
-        workers = [dict(r) for r in await conn.fetch(sql.SELECT_WORKERS) if r["fresh"]]
+        workers = [_worker(r) for r in await conn.fetch(sql.SELECT_WORKERS, FORGET_AFTER_S)]
     finally:
         await conn.close()
     broker_log = BrokerLog(s)
@@ -92,7 +99,7 @@ async def collect_status(s: Settings) -> Status:
     finally:
         await broker_log.close()
     # Workers report their own partitions (worker_status): every broker supports that.
-    owners = {p: w["worker_id"] for w in workers for p in w["partitions"]}
+    owners = {p: w["worker_id"] for w in workers if w["state"] != "silent" for p in w["partitions"]}
     rows = []
     for tp in sorted(tps, key=lambda t: t.partition):
         p = tp.partition
@@ -131,8 +138,12 @@ def run_status(s: Settings, as_json: bool) -> int:
     n = len(status.group_members)
     print(f"consumer group {s.app_id} on topic {s.events_topic}: {n} member(s)")
     for w in status.workers:
-        state = "live" if w["live"] else "UNHEALTHY"
         parts = ", ".join(str(p) for p in w["partitions"]) or "none"
+        if w["state"] == "silent":
+            state = f"SILENT for {w['silent_s']:.0f} s: stopped or stuck"
+            parts += " (last reported)"
+        else:
+            state = "live" if w["state"] == "live" else "UNHEALTHY"
         print(f"  {w['worker_id']} (web port {w['web_port']}, {state}): partitions {parts}")
     print()
     print(
@@ -176,6 +187,15 @@ def run_status(s: Settings, as_json: bool) -> int:
         )
     )
     return 0
+
+
+def _worker(row: Any) -> dict[str, Any]:
+    """A worker_status row, with its state: live, unhealthy, or silent (not reporting)."""
+    w = dict(row)
+    w["lag"] = orjson.loads(w["lag"]) if isinstance(w["lag"], str) else w["lag"]
+    silent = w["silent_s"] > SILENT_AFTER_S
+    w["state"] = "silent" if silent else "live" if w["live"] else "unhealthy"
+    return w
 
 
 def _dash(value: object) -> str:

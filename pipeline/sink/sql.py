@@ -282,19 +282,22 @@ SELECT partition, next_offset, watermark, updated_at FROM partition_progress WHE
 """
 
 UPSERT_WORKER_STATUS = """
-INSERT INTO worker_status (worker_id, web_port, partitions, durable, idle_seconds, live, started_at)
-VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7)
+INSERT INTO worker_status (worker_id, web_port, partitions, durable, idle_seconds, live, started_at,
+                           lag)
+VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8::jsonb)
 ON CONFLICT (worker_id) DO UPDATE SET
     web_port = EXCLUDED.web_port, partitions = EXCLUDED.partitions, durable = EXCLUDED.durable,
-    idle_seconds = EXCLUDED.idle_seconds, live = EXCLUDED.live, heartbeat_at = now()
+    idle_seconds = EXCLUDED.idle_seconds, live = EXCLUDED.live, lag = EXCLUDED.lag,
+    heartbeat_at = now()
 """
 
 DELETE_WORKER_STATUS = "DELETE FROM worker_status WHERE worker_id = $1"
 
+# Workers heard from within $1 seconds; silent_s tells a stopped or stuck one apart.
 SELECT_WORKERS = """
-SELECT worker_id, web_port, partitions, live, heartbeat_at, started_at,
-       heartbeat_at > now() - interval '30 seconds' AS fresh
-FROM worker_status ORDER BY worker_id
+SELECT worker_id, web_port, partitions, live, lag, heartbeat_at, started_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS silent_s
+FROM worker_status WHERE heartbeat_at > now() - $1 * interval '1 second' ORDER BY worker_id
 """
 
 # --- Maintenance: rebuild rollups from the raw tables; retention ------------------

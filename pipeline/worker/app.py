@@ -103,6 +103,7 @@ class PipelineApp(faust.App):
     processor: Processor
     write_behind: WriteBehind
     intake: Intake
+    _joined = False  # the first assignment was logged
 
     def _new_transport(self) -> Any:
         return consumer.new_transport(self)  # its Consumer is consumer.DurableConsumer
@@ -123,6 +124,8 @@ class PipelineApp(faust.App):
             if tp.topic == topic and (only is None or tp.partition in only)
         ]
         if not tps:
+            if only is None:
+                self._announce({})  # a standby replica: it owns nothing (yet)
             return {}
         partitions = [tp.partition for tp in tps]
         durable, logs = await self.runtime.assignment_state(partitions)
@@ -134,11 +137,25 @@ class PipelineApp(faust.App):
         # fetcher (KeyError in aiokafka's fetcher, a crashed worker).
         epochs = await kafka.seek_durable(offsets)
         self.processor.on_positioned({tp.partition: e for tp, e in epochs.items()}, starts)
-        log.info(
-            "seeking to durable offsets",
-            extra={"partitions": {tp.partition: o for tp, o in offsets.items()}},
-        )
+        resume_at = {tp.partition: o for tp, o in offsets.items()}
+        if only is None:  # an assignment: one line per rebalance, at the default level
+            self._announce(resume_at)
+        else:
+            log.debug("seeking to durable offsets", extra={"partitions": resume_at})
         return offsets
+
+    def _announce(self, resume_at: dict[int, int]) -> None:
+        """Say which partitions this worker owns now, and where each resumes."""
+        first, self._joined = not self._joined, True
+        log.info(
+            "joined consumer group" if first else "partitions assigned",
+            extra={
+                "group": self.conf.id,
+                "topic": self.runtime.settings.events_topic,
+                "partitions": dict(sorted(resume_at.items())),
+                "stopped": sorted(self.processor.stopped),
+            },
+        )
 
     def on_init_dependencies(self) -> Any:
         services = super().on_init_dependencies()

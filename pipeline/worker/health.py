@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import orjson
 from mode import Service
 
@@ -83,9 +84,23 @@ class HealthServer(Service):
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        with contextlib.suppress(Exception):  # best effort: a stale row ages out anyway
-            pool = await asyncio.wait_for(self.app.runtime.pool(), 2.0)
-            await asyncio.wait_for(pool.execute(sql.DELETE_WORKER_STATUS, self.worker_id), 2.0)
+        await self._retire()
+
+    async def _retire(self) -> None:
+        """Remove this worker's row, so ``status`` stops listing it at once.
+
+        A connection of its own: the worker's pool may already be closed (the
+        app stops before this service). Best effort: a row left behind (the
+        database was down, or the worker was killed) is shown as silent once its
+        heartbeat ages, and is no longer listed after ``status.FORGET_AFTER_S``.
+        """
+        dsn = self.app.runtime.settings.database_url
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(dsn, timeout=2.0)
+            try:
+                await asyncio.wait_for(conn.execute(sql.DELETE_WORKER_STATUS, self.worker_id), 2.0)
+            finally:
+                await conn.close(timeout=2.0)
 
     @Service.task
     async def _report(self) -> None:
@@ -101,6 +116,7 @@ class HealthServer(Service):
         now = time.monotonic()
         parts = self.partitions()
         ok, _ = self.live()
+        lag = {str(p): max(hw - d, 0) for p, (hw, d, _) in parts.items() if hw is not None}
         pool = await self.app.runtime.pool()
         await pool.execute(
             sql.UPSERT_WORKER_STATUS,
@@ -111,6 +127,7 @@ class HealthServer(Service):
             orjson.dumps({str(p): round(now - at, 1) for p, (_, _, at) in parts.items()}).decode(),
             ok,
             self.started_at,
+            orjson.dumps(lag).decode(),
         )
 
     @Service.task

@@ -72,12 +72,15 @@ def log_records(worker: WorkerProcess) -> list[dict[str, Any]]:
     return out
 
 
+_ASSIGNED = ("joined consumer group", "partitions assigned")
+
+
 def assignments(worker: WorkerProcess) -> list[tuple[float, set[int]]]:
     """(wall time, partitions) of every assignment the worker logged, oldest first."""
     out = []
     for r in log_records(worker):
-        # "seeked to durable offsets" / "seeking to durable offsets" (the wording changed)
-        if "durable offsets" in str(r.get("msg")) and isinstance(r.get("partitions"), dict):
+        # One line per assignment: "joined consumer group", then "partitions assigned"
+        if r.get("msg") in _ASSIGNED and isinstance(r.get("partitions"), dict):
             ts = datetime.fromisoformat(r["ts"]).timestamp()
             out.append((ts, {int(p) for p in r.get("partitions", {})}))
     return out

@@ -159,7 +159,7 @@ async def test_broker_unreachable_for_20s(
         t_done = time.time()
 
     first = mon.first_past(t_restore, before_cut, final, need="any")
-    rejoined = [first_log_after(w, "durable offsets", t_restore) for w in group]
+    rejoined = [first_log_after(w, "partitions assigned", t_restore) for w in group]
     values = await read_topic(proxied_broker.bootstrap, settings.events_topic, final)
     record(
         f"4 broker cut 20s ({settings.broker_profile})",

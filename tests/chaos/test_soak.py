@@ -95,9 +95,7 @@ async def test_soak_round(settings: Settings, workers: Workers, round_no: int) -
         group = [_start(workers, rng) for _ in range(rng.choice([2, 3]))]
         if round_no % 2 == 0:
             # Killed before any partition's first commit: nothing is durable yet.
-            await wait_for(
-                lambda: _said(group[0], "seeking to durable offsets"), 60, f"a seek {where}"
-            )
+            await wait_for(lambda: _said(group[0], "joined consumer group"), 60, f"a seek {where}")
             if mon.total() == 0:
                 _kill(group[0])
                 kills += 1

@@ -151,3 +151,10 @@ def test_a_worker_whose_database_does_not_answer_says_so_and_keeps_trying(
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_generate_into_a_pipe_prints_its_summary_and_no_progress_line(settings: Settings) -> None:
+    proc = run(settings, "producers", "generate", "--count", "300")
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout + proc.stderr and "\x1b" not in proc.stdout + proc.stderr
+    assert proc.stdout.startswith("sent 300 events") and "publishing [" not in proc.stderr

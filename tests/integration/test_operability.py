@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 
+import asyncpg
 import orjson
 import pytest
 
@@ -117,6 +118,71 @@ async def test_status_shows_members_lag_watermarks_and_hours(
     out, _ = await cli.communicate()
     assert cli.returncode == 0
     assert "total lag: 0" in out.decode()
+    # The report carries the lag per partition, for readers that do not talk to Kafka.
+    assert status.workers[0]["lag"] == {str(p): 0 for p in range(settings.events_partitions)}
+
+
+async def _status_text(settings: Settings) -> str:
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pipeline",
+        "status",
+        env={**os.environ, **worker_env(settings)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await cli.communicate()
+    assert cli.returncode == 0
+    return out.decode()
+
+
+async def test_status_forgets_a_stopped_worker_and_shows_a_killed_one_as_silent(
+    settings: Settings, workers: Workers
+) -> None:
+    stopped, killed = workers.start(), workers.start()
+
+    async def both_reported() -> Status | None:
+        status = await collect_status(settings)
+        return status if len(status.workers) == 2 else None
+
+    await wait_for(both_reported, 60, "both workers to report themselves")
+    assert stopped.terminate() == 0
+    status = await collect_status(settings)  # at once: no heartbeat has to age out
+    assert [w["worker_id"] for w in status.workers] != [] and len(status.workers) == 1
+    assert str(stopped.proc.pid) not in status.workers[0]["worker_id"]
+
+    killed.kill()
+    assert killed.proc.poll() is not None  # really gone: nothing reports for it any more
+    conn = await asyncpg.connect(settings.database_url)
+    try:  # its last report, 20 s old (as if the test had waited)
+        await conn.execute("UPDATE worker_status SET heartbeat_at = now() - interval '20 seconds'")
+    finally:
+        await conn.close()
+    status = await collect_status(settings)
+    (silent,) = status.workers
+    assert silent["state"] == "silent" and silent["partitions"]
+    assert {row.member for row in status.partitions} == {None}  # a silent worker owns nothing
+    text = await _status_text(settings)
+    assert "SILENT for 2" in text and " live" not in text
+
+
+async def test_the_worker_says_once_per_assignment_which_partitions_it_owns(
+    settings: Settings, workers: Workers
+) -> None:
+    worker = workers.start(LOG_LEVEL="")  # unset: the default level, as a user runs it
+
+    async def joined() -> list[dict[str, object]] | None:
+        said = [r for r in log_records(worker) if r["msg"] == "joined consumer group"]
+        return said or None
+
+    (line,) = await wait_for(joined, 60, "the worker to say it joined")
+    assert line["level"] == "info" and line["group"] == settings.app_id
+    assert line["partitions"] == {str(p): 0 for p in range(settings.events_partitions)}
+    # Nothing else at info but that and the health server's address (no lifecycle chatter).
+    assert {r["msg"] for r in log_records(worker) if r["level"] == "info"} <= {
+        "joined consumer group",
+        "health server listening",
+    }
 
 
 async def test_a_second_worker_on_one_host_chooses_a_free_web_port(

@@ -76,6 +76,7 @@ def test_packages_stack_in_one_direction(rel: str, path: Path) -> None:
     if rel.startswith("producers/"):
         # Producers publish: they use the settings and the pure core, never the worker.
         allowed = (
+            "pipeline.console",
             "pipeline.core",
             "pipeline.env",
             "pipeline.errors",

@@ -56,7 +56,7 @@ def test_empty_environment_gives_the_defaults() -> None:
     assert s.dedup_capacity == 2_000_000
     assert (s.web_host, s.web_port) == ("127.0.0.1", 6066)
     assert s.data_dir == ".stack/worker"
-    assert s.log_level == "WARNING"
+    assert s.log_level == "INFO"
     assert s.db_retry_max_seconds == 10.0
     assert s.stuck_after_seconds == 60.0
 
