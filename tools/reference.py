@@ -2,12 +2,12 @@
 
 ``python -m tools bench`` runs this beside the Faust worker to show what
 Faust itself costs on the machine at hand. It does the same job with the same
-code: the same planning (``Processor.prepare``: decode, validate, dedup,
-hourly buckets), the same sink transaction (``Sink`` and ``sql``), the same
-write-behind lanes and the same connections (``Runtime``: pool, DLQ producer,
-refetch consumer). Only the intake differs: an ``AIOKafkaConsumer.getmany``
-loop takes the place of Faust's consumer thread, conductor and stream, and the
-dedup state is a plain dict (no changelog topic).
+code: the same path of a batch (``Intake`` → ``Preparer``: decode, validate,
+dedup, hourly buckets → ``WriteBehind`` lanes → ``Committer`` → ``Sink`` and
+``sql``), the same partition book and the same connections (``Runtime``:
+pool, DLQ producer, refetch consumer). Only what feeds the intake differs: an
+``AIOKafkaConsumer.getmany`` loop takes the place of Faust's consumer thread,
+conductor and stream, and the dedup state is a plain dict (no changelog topic).
 
 It is a measuring stick, not a worker to run in production: its partitions
 are assigned statically (``--index`` of ``--of`` processes, no consumer group
@@ -30,15 +30,19 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.core.planner import Run, split_runs
+from pipeline.core.planner import Run
 from pipeline.errors import PipelineError
 from pipeline.logs import configure
 from pipeline.ops.runner import start_process
 from pipeline.settings import Settings
 from pipeline.sink.writer import Sink
+from pipeline.worker.commit import Committer
 from pipeline.worker.connections import Runtime
 from pipeline.worker.dedup_table import DedupState
-from pipeline.worker.processor import Processor
+from pipeline.worker.intake import Intake
+from pipeline.worker.metrics import WorkerMetrics
+from pipeline.worker.partitions import PartitionBook
+from pipeline.worker.prepare import Preparer
 from pipeline.worker.writebehind import WriteBehind
 
 __all__ = ["run_reference", "partitions_of", "start_reference"]
@@ -82,14 +86,16 @@ def run_reference(settings: Settings, index: int, processes: int) -> int:
 async def _run(settings: Settings, partitions: list[int]) -> None:
     s = settings
     runtime = Runtime(s)  # the worker's pool, DLQ producer and refetch consumer
-    processor = Processor(
-        s,
-        Sink(runtime.pool, s.db_retry_max_seconds),
-        DedupState(_DictTable(), s.dedup_capacity),
-        runtime.dlq.publish,
-        refetch=runtime.broker_log.read,
+    stopping = asyncio.Event()
+    # The worker's path of a batch, as app.create_app wires it.
+    metrics = WorkerMetrics()
+    book = PartitionBook(DedupState(_DictTable(), s.dedup_capacity), metrics)
+    preparer = Preparer(s, book, metrics, refetch=runtime.broker_log.read)
+    committer = Committer(
+        Sink(runtime.pool, s.db_retry_max_seconds), book, runtime.dlq.publish, metrics
     )
-    write_behind = WriteBehind(processor, on_fatal=_fatal, lanes=s.sink_lanes)
+    write_behind = WriteBehind(committer, on_fatal=_fatal, lanes=s.sink_lanes)
+    intake = Intake(s, preparer, write_behind, lambda _: stopping.is_set, on_fatal=_fatal)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap_servers,
         group_id=f"{s.app_id}-reference",
@@ -97,7 +103,6 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
         max_partition_fetch_bytes=s.max_message_bytes,
         **s.kafka_security.aiokafka_kwargs(),
     )
-    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
@@ -105,17 +110,18 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
     try:
         tps = [TopicPartition(s.events_topic, p) for p in partitions]
         consumer.assign(tps)
-        starts = processor.on_assigned(partitions, *await runtime.assignment_state(partitions))
+        starts = book.on_assigned(partitions, *await runtime.assignment_state(partitions))
         for tp in tps:
             if tp.partition in starts:  # else stopped: out of the broker's log
                 consumer.seek(tp, starts[tp.partition])
-        processor.on_positioned(dict.fromkeys(starts, 0), starts)
+        book.on_positioned(dict.fromkeys(starts, 0), starts)
         log.info("reference loop reading", extra={"partitions": partitions})
-        await _consume(s, consumer, processor, write_behind, stopping)
+        await _consume(s, consumer, intake, book, stopping)
     finally:
+        await intake.stop()
         await write_behind.wait(timeout=30.0)
         with contextlib.suppress(Exception):
-            await _commit_durable(consumer, processor, s.events_topic)
+            await _commit_durable(consumer, book, s.events_topic)
         await consumer.stop()
         await runtime.close()
 
@@ -123,33 +129,19 @@ async def _run(settings: Settings, partitions: list[int]) -> None:
 async def _consume(
     s: Settings,
     consumer: AIOKafkaConsumer,
-    processor: Processor,
-    write_behind: WriteBehind,
+    intake: Intake,
+    book: PartitionBook,
     stopping: asyncio.Event,
 ) -> None:
-    """Takes are fetched in a task of their own while the previous one is planned (as Faust)."""
-    takes: asyncio.Queue[list[Run]] = asyncio.Queue(maxsize=1)
-
-    async def fetch() -> None:
-        while True:
-            await takes.put(await _take(consumer, s.batch_max, s.batch_seconds))
-
-    fetching = asyncio.create_task(fetch())
+    """Takes are fetched while the previous one is prepared (the intake's own task, as Faust)."""
     committed_at = time.monotonic()
-    try:
-        while not stopping.is_set():
-            runs = await takes.get()
-            for chunk in split_runs(runs, s.sink_lanes, s.batch_bytes):
-                prepared = await processor.prepare(chunk)
-                if prepared is not None:
-                    await write_behind.submit(prepared, stopping.is_set)
-            if time.monotonic() - committed_at > COMMIT_EVERY_S:
-                await _commit_durable(consumer, processor, s.events_topic)
-                committed_at = time.monotonic()
-    finally:
-        fetching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetching
+    while not stopping.is_set():
+        take = await _take(consumer, s.batch_max, s.batch_seconds)
+        if take:
+            await intake.put(take)
+        if time.monotonic() - committed_at > COMMIT_EVERY_S:
+            await _commit_durable(consumer, book, s.events_topic)
+            committed_at = time.monotonic()
 
 
 async def _take(consumer: AIOKafkaConsumer, limit: int, within_s: float) -> list[Run]:
@@ -170,8 +162,8 @@ async def _take(consumer: AIOKafkaConsumer, limit: int, within_s: float) -> list
     return batch
 
 
-async def _commit_durable(consumer: AIOKafkaConsumer, processor: Processor, topic: str) -> None:
-    offsets = {TopicPartition(topic, p): o for p, o in processor.durable.items() if o > 0}
+async def _commit_durable(consumer: AIOKafkaConsumer, book: PartitionBook, topic: str) -> None:
+    offsets = {TopicPartition(topic, p): o for p, o in book.durable.items() if o > 0}
     if offsets:
         await consumer.commit(offsets)
 

@@ -1,15 +1,16 @@
 """The Faust app factory: topics, the dedup table, durable-offset seeks, the agent.
 
-The data flow: the agent (:func:`_wire_agent`) hands each take to
-:class:`Intake`, which plans it and passes it to ``WriteBehind`` to commit
-(``writebehind.py``); the planning, the write-behind and the sink are
-Faust-free and tested on their own.
+The data flow, wired in :func:`create_app`: the agent (:func:`_wire_agent`)
+hands each take to the ``Intake``, which prepares it (``prepare.py``) and
+submits it to the ``WriteBehind``, which commits it (``commit.py``) through the
+``Sink``; the ``PartitionBook`` (``partitions.py``) is where each partition
+stands. All of these are Faust-free and tested on their own; this module is
+the Faust seam's wiring.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -19,14 +20,17 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from pipeline.core.planner import FetchedRun, split_runs
 from pipeline.settings import Settings
 from pipeline.sink.writer import Sink
 from pipeline.topics import DEDUP_TABLE
 from pipeline.worker import consumer, delivery
+from pipeline.worker.commit import Committer
 from pipeline.worker.connections import Runtime
 from pipeline.worker.dedup_table import DedupState
-from pipeline.worker.processor import Processor
+from pipeline.worker.intake import Intake
+from pipeline.worker.metrics import WorkerMetrics
+from pipeline.worker.partitions import PartitionBook
+from pipeline.worker.prepare import Preparer
 from pipeline.worker.writebehind import WriteBehind
 
 __all__ = ["PipelineApp", "create_app"]
@@ -40,67 +44,13 @@ TAIL_PROBE_S = 2.0  # how often idle partitions check for a log tail of control 
 _SEEK_DELAY_S = float(os.environ.get("PIPELINE_TEST_SEEK_DELAY_S", "0") or 0)
 
 
-class Intake:
-    """Plans and writes the agent's takes in order, in a task of its own.
-
-    The agent hands a take over and goes back to ``take_events`` at once, so
-    Faust fills the next take while this one is planned and written; at most
-    one take waits here (backpressure). Takes are acked when handed over, before
-    they are durable: Kafka commits are capped at the durable offsets, and a
-    take dropped by a stop or a revocation is read again from them.
-    """
-
-    def __init__(self, app: PipelineApp, settings: Settings) -> None:
-        self._app = app
-        self._settings = settings
-        self._queue: asyncio.Queue[list[FetchedRun]] = asyncio.Queue(maxsize=1)
-        self._task: asyncio.Task[None] | None = None
-        self._planning = False
-        self._closed = False
-
-    @property
-    def idle(self) -> bool:
-        """Nothing waits here and nothing is being planned."""
-        return self._queue.empty() and not self._planning
-
-    async def put(self, runs: list[FetchedRun]) -> None:
-        if self._closed:
-            return  # stopping: nothing new starts (it is read again from the durable offsets)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-        await self._queue.put(runs)
-
-    async def stop(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        app, s = self._app, self._settings
-        try:
-            while True:
-                runs = await self._queue.get()
-                self._planning = True
-                for chunk in split_runs(runs, s.sink_lanes, s.batch_bytes):
-                    prepared = await app.processor.prepare(chunk)
-                    if prepared is not None:
-                        abandon = _abandon_check(app, set(prepared.plan.progress), s.events_topic)
-                        await app.write_behind.submit(prepared, abandon)
-                self._planning = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug: stop here, a supervisor restarts the worker
-            log.exception("batch intake failed")
-            _die(exc)
-
-
 class PipelineApp(faust.App):
     """A Faust app whose partitions resume at the offsets PostgreSQL holds."""
 
     runtime: Runtime
-    processor: Processor
+    metrics: WorkerMetrics
+    partitions: PartitionBook
+    committer: Committer
     write_behind: WriteBehind
     intake: Intake
     _joined = False  # the first assignment was logged
@@ -113,8 +63,8 @@ class PipelineApp(faust.App):
 
         Each partition's baseline is its durable row in PostgreSQL, or the log
         start when it has none; a partition whose durable offset lies outside
-        the broker's log is stopped instead (``Processor.stopped``). Runs
-        fetched before these seeks are stale (``Processor.prepare`` drops them).
+        the broker's log is stopped instead (``PartitionBook.stopped``). Runs
+        fetched before these seeks are stale (``Preparer.prepare`` drops them).
         """
         kafka: Any = self.consumer
         topic = self.runtime.settings.events_topic
@@ -129,14 +79,14 @@ class PipelineApp(faust.App):
             return {}
         partitions = [tp.partition for tp in tps]
         durable, logs = await self.runtime.assignment_state(partitions)
-        starts = self.processor.on_assigned(partitions, durable, logs)
+        starts = self.partitions.on_assigned(partitions, durable, logs)
         offsets = {tp: starts[tp.partition] for tp in tps if tp.partition in starts}
         if _SEEK_DELAY_S:  # fault injection (tests): runs fetched meanwhile are stale
             await asyncio.sleep(_SEEK_DELAY_S)
         # In the consumer's own thread: seeking from this thread races with its
         # fetcher (KeyError in aiokafka's fetcher, a crashed worker).
         epochs = await kafka.seek_durable(offsets)
-        self.processor.on_positioned({tp.partition: e for tp, e in epochs.items()}, starts)
+        self.partitions.on_positioned({tp.partition: e for tp, e in epochs.items()}, starts)
         resume_at = {tp.partition: o for tp, o in offsets.items()}
         if only is None:  # an assignment: one line per rebalance, at the default level
             self._announce(resume_at)
@@ -153,7 +103,7 @@ class PipelineApp(faust.App):
                 "group": self.conf.id,
                 "topic": self.runtime.settings.events_topic,
                 "partitions": dict(sorted(resume_at.items())),
-                "stopped": sorted(self.processor.stopped),
+                "stopped": sorted(self.partitions.stopped),
             },
         )
 
@@ -242,21 +192,27 @@ def create_app(settings: Settings) -> PipelineApp:
         partitions=settings.events_partitions,
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
-    dedup = DedupState(table, settings.dedup_capacity)
+    # The path of a batch (intake.py): prepare -> write-behind -> commit -> sink.
+    app.metrics = metrics = WorkerMetrics()
+    app.partitions = book = PartitionBook(DedupState(table, settings.dedup_capacity), metrics)
+    preparer = Preparer(settings, book, metrics, refetch=app.runtime.broker_log.read)
     sink = Sink(app.runtime.pool, settings.db_retry_max_seconds)
-    app.processor = Processor(
-        settings, sink, dedup, app.runtime.dlq.publish, refetch=app.runtime.broker_log.read
+    app.committer = Committer(sink, book, app.runtime.dlq.publish, metrics)
+    app.write_behind = WriteBehind(app.committer, on_fatal=_die, lanes=settings.sink_lanes)
+    app.intake = Intake(
+        settings,
+        preparer,
+        app.write_behind,
+        lambda partitions: _abandon_check(app, partitions, settings.events_topic),
+        on_fatal=_die,
     )
-
-    app.write_behind = WriteBehind(app.processor, on_fatal=_die, lanes=settings.sink_lanes)
-    app.intake = Intake(app, settings)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: PipelineApp, revoked: set[TP], **_: Any) -> None:
         # Let the batch in flight commit before the hand-over (it gives up on
         # its own if the sink is retrying through an outage).
         await sender.write_behind.wait(timeout=2.0)
-        sender.processor.on_revoked(
+        sender.partitions.on_revoked(
             tp.partition for tp in revoked if tp.topic == topic.get_topic_name()
         )
 
@@ -264,17 +220,17 @@ def create_app(settings: Settings) -> PipelineApp:
     async def resume_reset_partitions() -> None:
         # A stopped partition (durable offset outside the log) resumes once an
         # operator's reset-offsets put its durable offset back in range.
-        if app.processor.stopped:
-            await app.seek_to_durable(only=set(app.processor.stopped))
+        if app.partitions.stopped:
+            await app.seek_to_durable(only=set(app.partitions.stopped))
 
     @app.timer(interval=TAIL_PROBE_S)  # type: ignore[untyped-decorator]
     async def probe_idle_tails() -> None:
         # Trailing control markers (upstream transactions) hold no record: the
-        # durable offset would stop short of the log end forever (Processor.tail_probes).
+        # durable offset would stop short of the log end forever (PartitionBook.tail_probes).
         if app.should_stop or not app.intake.idle or app.write_behind.in_flight:
             return
         try:
-            probes = app.processor.tail_probes(_fetched_through(app, settings.events_topic))
+            probes = app.partitions.tail_probes(_fetched_through(app, settings.events_topic))
         except Exception as exc:  # a helper: it must never stop the worker
             log.warning("tail probe skipped", extra={"error": repr(exc)})
             return

@@ -140,7 +140,7 @@ class DurableConsumer(eager.EagerWaitFirst, faust_aiokafka.Consumer):
     logger = faust_aiokafka.logger
 
     _thread: DurableConsumerThread
-    app: Any  # the PipelineApp (its runtime, processor and seek_to_durable)
+    app: Any  # the PipelineApp (its runtime, partition book and seek_to_durable)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -169,7 +169,7 @@ class DurableConsumer(eager.EagerWaitFirst, faust_aiokafka.Consumer):
     def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
         committable = super()._filter_committable_offsets(tps)
         return dict(
-            self.app.processor.cap_commits(self.app.runtime.settings.events_topic, committable)
+            self.app.partitions.cap_commits(self.app.runtime.settings.events_topic, committable)
         )
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:

@@ -50,7 +50,7 @@ class Fetched(list[Any]):
 class RecordRun(ConsumerMessage):
     """One partition's consecutive records from one fetch, as one Faust message.
 
-    Also a ``batch.FetchedRun``: what the processor plans.
+    Also a ``planner.FetchedRun``: what the preparer plans.
     """
 
     __slots__ = ("epoch", "fetched_to", "records")

@@ -62,7 +62,7 @@ class HealthServer(Service):
         self._tick = time.monotonic()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(UTC)
-        metrics = app.processor.metrics
+        metrics = app.metrics
         metrics.registry.gauge("pipeline_partition_lag", "messages not yet durable", self._lag)
 
     async def on_start(self) -> None:
@@ -141,7 +141,7 @@ class HealthServer(Service):
     def partitions(self) -> dict[int, tuple[int | None, int, float]]:
         """Per assigned partition: (highwater, durable next offset, last progress time)."""
         topic = self.app.runtime.settings.events_topic
-        proc = self.app.processor
+        book = self.app.partitions
         out: dict[int, tuple[int | None, int, float]] = {}
         consumer = self.app.consumer
         for tp in consumer.assignment():
@@ -149,8 +149,8 @@ class HealthServer(Service):
                 continue
             out[tp.partition] = (
                 consumer.highwater(tp),
-                proc.durable.get(tp.partition, 0),
-                proc.progressed_at.get(tp.partition, time.monotonic()),
+                book.durable.get(tp.partition, 0),
+                book.progressed_at.get(tp.partition, time.monotonic()),
             )
         return out
 
@@ -158,7 +158,7 @@ class HealthServer(Service):
         now = time.monotonic()
         loop_lag = now - self._tick
         stuck = []
-        retrying = self.app.processor.sink_busy_retrying
+        retrying = self.app.committer.sink_retrying
         for p, (highwater, durable, at) in self.partitions().items():
             if highwater is not None and highwater > durable and now - at > self.stuck_after:
                 stuck.append(p)
@@ -171,7 +171,7 @@ class HealthServer(Service):
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = sorted(self.partitions())
-        joined = self.app.processor.metrics.rebalances.value > 0 or bool(assigned)
+        joined = self.app.metrics.rebalances.value > 0 or bool(assigned)
         try:
             pool = await asyncio.wait_for(self.app.runtime.pool(), 2.0)
             await asyncio.wait_for(pool.fetchval(sql.PING), 2.0)
@@ -179,7 +179,7 @@ class HealthServer(Service):
         except Exception as exc:  # any failure means "not ready", with the reason shown
             log.warning("readiness: database unreachable", extra={"error": repr(exc)})
             database = False
-        stopped = {str(p): stop.describe() for p, stop in self.app.processor.stopped.items()}
+        stopped = {str(p): stop.describe() for p, stop in self.app.partitions.stopped.items()}
         report = {
             "partitions": assigned,
             "joined": joined,
@@ -218,7 +218,7 @@ class HealthServer(Service):
         if method not in ("GET", "HEAD"):
             return 405, "application/json", b'{"error":"method not allowed"}'
         if path == "/metrics":
-            text = self.app.processor.metrics.registry.render()
+            text = self.app.metrics.registry.render()
             return 200, "text/plain; version=0.0.4", text.encode()
         ok, detail = self.live() if path == "/health/live" else await self.ready()
         body = orjson.dumps({"status": "ok" if ok else "unhealthy", **detail})

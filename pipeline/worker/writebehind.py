@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from pipeline.errors import FatalSinkError
 from pipeline.sink.writer import Abandoned
-from pipeline.worker.processor import Prepared, Processor
+from pipeline.worker.commit import Committer
+from pipeline.worker.prepare import Prepared
 
 __all__ = ["WriteBehind"]
 
@@ -34,8 +35,8 @@ class WriteBehind:
     sees the hole), so only the batch already waiting needs discarding.
     """
 
-    def __init__(self, processor: Processor, on_fatal: OnFatal, lanes: int = 1) -> None:
-        self._processor = processor
+    def __init__(self, committer: Committer, on_fatal: OnFatal, lanes: int = 1) -> None:
+        self._committer = committer
         self._on_fatal = on_fatal
         self._lanes = max(1, lanes)
         self._flight: dict[asyncio.Task[bool], frozenset[int]] = {}
@@ -67,7 +68,7 @@ class WriteBehind:
             for task in done:
                 self._flight.pop(task, None)
         if behind_given_up:
-            self._processor.discard(prepared)
+            self._committer.discard(prepared)
             log.warning(
                 "batch discarded behind an abandoned one", extra={"messages": prepared.messages}
             )
@@ -86,7 +87,7 @@ class WriteBehind:
 
     async def _commit(self, prepared: Prepared, abandon: Callable[[], bool]) -> bool:
         try:
-            await self._processor.commit(prepared, abandon)
+            await self._committer.commit(prepared, abandon)
         except Abandoned:
             # the take acked these already; the durable offsets in PostgreSQL
             # make the next owner (or this worker, after its seek) re-read them.

@@ -1,4 +1,4 @@
-"""The offset rule as a state machine over the processor and its offset guard.
+"""The offset rule as a state machine over the path of a batch and its offset guard.
 
 A model broker holds one partition's log: records, and offsets no consumer
 sees (control markers, aborted records). A model consumer fetches runs from
@@ -23,21 +23,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from pipeline.core.offsets import LogRange
 from pipeline.core.planner import RawMessage, Run
-from pipeline.settings import Settings
 from pipeline.sink.writer import WriteResult
-from pipeline.worker.dedup_table import DedupState
-from pipeline.worker.processor import Prepared, Processor
+from pipeline.worker.prepare import Prepared
+from tests.unit.worker.batchkit import BatchPath, batch_path
 
 P = 0
 TOPIC = "events"
-
-
-class Table:
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
-        pass
 
 
 class ModelSink:
@@ -56,10 +47,6 @@ class ModelSink:
         return WriteResult(len(plan.products), 0, len(plan.dead), 1)
 
 
-async def _no_dead(*_: Any) -> None:
-    pass
-
-
 def _value(offset: int) -> bytes:
     if offset % 11 == 5:
         return b"{not json"  # dead-lettered: counts as handled too
@@ -72,7 +59,7 @@ class OffsetRule(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.sink = ModelSink()
-        self.processor: Processor | None = None
+        self.path: BatchPath | None = None
         self.absent: set[int] = set()
         self.log_start = 0
         self.log_end = 0
@@ -108,14 +95,12 @@ class OffsetRule(RuleBasedStateMachine):
         self.log_start = log_start
         self.absent = {o for o in absent if log_start <= o < self.log_end}
         self.position = log_start
-        self.processor = Processor(
-            Settings(), self.sink, DedupState(Table(), 1000), _no_dead, refetch=self.refetch
-        )
+        self.path = batch_path(self.sink, refetch=self.refetch)
 
     @property
-    def proc(self) -> Processor:
-        assert self.processor is not None
-        return self.processor
+    def proc(self) -> BatchPath:
+        assert self.path is not None
+        return self.path
 
     @rule(with_row=st.booleans(), lands_now=st.booleans())
     def assign(self, with_row: bool, lands_now: bool) -> None:
@@ -123,7 +108,9 @@ class OffsetRule(RuleBasedStateMachine):
         durable = {}
         if with_row and self.sink.durable is not None:
             durable = {P: (self.sink.durable, None)}
-        starts = self.proc.on_assigned([P], durable, {P: LogRange(self.log_start, self.log_end)})
+        starts = self.proc.book.on_assigned(
+            [P], durable, {P: LogRange(self.log_start, self.log_end)}
+        )
         self.pending_seek = starts.get(P)
         if lands_now and self.pending_seek is not None:
             self.seek_lands()
@@ -134,7 +121,7 @@ class OffsetRule(RuleBasedStateMachine):
         assert self.pending_seek is not None
         self.epoch += 1
         self.position = self.pending_seek
-        self.proc.on_positioned({P: self.epoch}, {P: self.pending_seek})
+        self.proc.book.on_positioned({P: self.epoch}, {P: self.pending_seek})
         self.pending_seek = None
 
     @rule(offset=st.integers(min_value=0, max_value=130))
@@ -172,30 +159,30 @@ class OffsetRule(RuleBasedStateMachine):
         self.deliver_run(self.buffer.pop(i))
 
     def deliver_run(self, run: Run) -> None:
-        prepared = self.run(self.proc.prepare([run]))
+        prepared = self.run(self.proc.preparer.prepare([run]))
         if prepared is not None:
             self.prepared.append(prepared)
 
     @precondition(lambda self: self.prepared)
     @rule()
     def commit(self) -> None:
-        self.run(self.proc.commit(self.prepared.pop(0), lambda: False))
+        self.run(self.proc.committer.commit(self.prepared.pop(0), lambda: False))
 
     @precondition(lambda self: self.prepared)
     @rule()
     def abandon(self) -> None:
         """A batch given up (an outage, a stop): it and those behind it roll back."""
         for prepared in self.prepared:
-            self.proc.discard(prepared)
+            self.proc.committer.discard(prepared)
         self.prepared.clear()
 
     @rule(seek_in_flight=st.booleans())
     def revoke(self, seek_in_flight: bool) -> None:
         """A revocation; a seek in flight may still land after it (a rebalance mid-seek)."""
         for prepared in self.prepared:
-            self.proc.discard(prepared)
+            self.proc.committer.discard(prepared)
         self.prepared.clear()
-        self.proc.on_revoked([P])
+        self.proc.book.on_revoked([P])
         if not seek_in_flight:
             self.pending_seek = None
 
@@ -219,7 +206,7 @@ class OffsetRule(RuleBasedStateMachine):
     @invariant()
     def kafka_commits_never_pass_the_durable_offset(self) -> None:
         tp = type("TP", (), {"topic": TOPIC, "partition": P})()
-        capped = self.proc.cap_commits(TOPIC, {tp: self.log_end})
+        capped = self.proc.book.cap_commits(TOPIC, {tp: self.log_end})
         for offset in capped.values():
             assert offset <= max(self.sink.durable or 0, self.log_start)
 

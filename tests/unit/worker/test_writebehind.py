@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.core.planner import BatchPlan, PartitionProgress
 from pipeline.sink.writer import Abandoned
-from pipeline.worker.processor import Prepared
+from pipeline.worker.prepare import Prepared
 from pipeline.worker.writebehind import WriteBehind
 
 
@@ -18,7 +18,7 @@ def batch(name: str, *partitions: int) -> Prepared:
     return Prepared(plan, {p: 0 for p in partitions}, len(partitions), {})
 
 
-class FakeProcessor:
+class FakeCommitter:
     """Commits block until released; records the order of starts, ends and discards."""
 
     def __init__(self) -> None:
@@ -41,10 +41,10 @@ class FakeProcessor:
         self.log.append(f"discard {prepared.plan.topic}")
 
 
-def write_behind(lanes: int) -> tuple[WriteBehind, FakeProcessor]:
-    processor = FakeProcessor()
+def write_behind(lanes: int) -> tuple[WriteBehind, FakeCommitter]:
+    committer = FakeCommitter()
     fatal: list[BaseException] = []
-    return WriteBehind(processor, fatal.append, lanes=lanes), processor  # type: ignore[arg-type]
+    return WriteBehind(committer, fatal.append, lanes=lanes), committer  # type: ignore[arg-type]
 
 
 async def settle() -> None:
@@ -137,7 +137,7 @@ async def test_one_lane_commits_one_batch_at_a_time() -> None:
 async def test_fatal_sink_errors_reach_on_fatal(lanes: int) -> None:
     from pipeline.errors import FatalSinkError
 
-    class Failing(FakeProcessor):
+    class Failing(FakeCommitter):
         async def commit(self, prepared: Prepared, _abandon: Any) -> None:
             raise FatalSinkError("boom")
 
