@@ -4,13 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: setup lock demo test unit lint bench soak tools clean
+.PHONY: setup lock dist demo test unit lint bench soak tools clean
 
-# requirements.lock pins every package to the version CI tested (pip constraints).
+# requirements.lock pins every package to the version CI tested (pip constraints), the
+# build backend (setuptools) included: --build-constraint pins the one that builds the
+# editable install too.
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --build-constraint requirements.lock -c requirements.lock -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)
@@ -19,8 +21,17 @@ setup: $(STAMP)
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip && .lock-venv/bin/pip install -q '.[dev]'
-	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude event-pipeline; } > requirements.lock.new
+	{ sed -n '1,3p' requirements.lock; \
+	  .lock-venv/bin/pip freeze --all --exclude event-pipeline --exclude pip; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
+
+## dist: the sdist and the wheel in dist/, built offline with the lock's setuptools
+dist: setup
+	rm -rf build dist event_pipeline.egg-info
+	$(BIN)/python -c 'import setuptools.build_meta as b; b.build_sdist("dist")' >/dev/null
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation --no-index --wheel-dir dist .
+	rm -rf build event_pipeline.egg-info
+	@ls dist
 
 ## demo: embedded broker + PostgreSQL, a worker, a demo load, rollups and a reconciliation
 demo: setup
@@ -56,4 +67,4 @@ soak: setup
 
 clean:
 	-$(BIN)/python -m pipeline stack down 2>/dev/null
-	rm -rf .stack .pytest_cache
+	rm -rf .stack .pytest_cache build dist event_pipeline.egg-info

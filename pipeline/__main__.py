@@ -1,4 +1,4 @@
-"""``python -m pipeline <command>``: the operator's front door.
+"""``pipeline <command>`` (or ``python -m pipeline <command>``): the operator's front door.
 
 Commands: worker, migrate, topics, stack (up|down|status), status, rebuild-rollups,
 retention, reset-offsets. The demo and the benchmark are tools around the product:
@@ -16,7 +16,7 @@ from pipeline.cli import run_command
 from pipeline.logs import quiet_kafka_client
 from pipeline.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["main", "script"]
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,8 +117,8 @@ def _reset(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run a stream worker (Faust)")
     w.add_argument("--web-port", type=int, default=None, help="this worker's HTTP port")
@@ -164,8 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_command(_parser(), argv)
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline") -> int:
+    return run_command(_parser(prog), argv)
+
+
+def script() -> int:
+    """The ``pipeline`` console script (pyproject.toml): its help names it so."""
+    return main(prog="pipeline")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""``python -m producers generate``: publish a realistic load and say what it must produce."""
+"""``producers generate`` (or ``python -m producers generate``): publish a realistic load and
+say what it must produce. ``producers gateway`` runs the HTTP gateway (also ``pipeline-gateway``).
+"""
 
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ from pipeline.settings import Settings
 from producers.generate import LoadOptions, build_workload, publish_workload
 from producers.publisher import Publisher
 
-__all__ = ["main"]
+__all__ = ["main", "script"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m producers")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="publish a synthetic load of product and agent events")
     g.add_argument("--count", type=int, default=20_000, help="events in all (default 20000)")
@@ -35,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--expect-file", type=Path, help="write the expected rollups here (JSON)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    sub.add_parser("gateway", help="the HTTP gateway and metrics API (see docs/gateway.md)")
+    sub.add_parser(
+        "gateway",
+        help="the HTTP gateway and metrics API (docs/gateway.md); also: pipeline-gateway",
+    )
     return p
 
 
@@ -89,13 +94,13 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"  rollup rows    {len(s['channel_rollups'])} channel, {len(s['agent_rollups'])} agent")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m producers") -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["gateway"]:
         from producers.gateway.__main__ import main as gateway_main
 
-        return gateway_main(argv[1:])
-    args = _parser().parse_args(argv)
+        return gateway_main(argv[1:], prog=f"{prog} gateway")
+    args = _parser(prog).parse_args(argv)
     quiet_kafka_client()
     try:
         settings = Settings.from_env()
@@ -107,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         args.expect_file.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     _print_summary(summary)
     return 0
+
+
+def script() -> int:
+    """The ``producers`` console script (pyproject.toml): its help names it so."""
+    return main(prog="producers")
 
 
 if __name__ == "__main__":

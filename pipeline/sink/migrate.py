@@ -1,43 +1,54 @@
-"""Apply the plain-SQL files in ``migrations/`` in order, once each, and record them.
+"""Apply the plain-SQL migrations in order, once each, and record them.
 
-Each file runs in its own transaction together with its row in
-``schema_migrations``; an advisory lock keeps two concurrent ``migrate`` runs
-(e.g. several compose replicas) from racing.
+The files are the repository's ``migrations/``, shipped in the wheel as
+``pipeline/migrations`` (pipeline.resources finds them either way). Each file
+runs in its own transaction together with its row in ``schema_migrations``; an
+advisory lock keeps two concurrent ``migrate`` runs (e.g. several compose
+replicas) from racing.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
 from pipeline.errors import ConfigError
+from pipeline.resources import migrations_folder
 from pipeline.sink import sql
 from pipeline.sink.connect import connect
 
-__all__ = ["MIGRATIONS_DIR", "apply_migrations", "pending_migrations"]
+__all__ = ["apply_migrations", "migration_files", "pending_migrations"]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _LOCK_ID = 0x6576_7470  # arbitrary, constant: "evtp"
 
 
-def _migration_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.sql") if p.name[:4].isdigit())
+def migration_files(folder: Traversable | None = None) -> list[Traversable]:
+    """The numbered ``*.sql`` files of ``folder`` (default: the shipped ones), in order."""
+    folder = migrations_folder() if folder is None else folder
+    if not folder.is_dir():
+        return []
+    found = (p for p in folder.iterdir() if p.name.endswith(".sql") and p.name[:4].isdigit())
+    return sorted(found, key=lambda p: p.name)
 
 
-async def pending_migrations(conn: asyncpg.Connection, folder: Path = MIGRATIONS_DIR) -> list[str]:
+async def pending_migrations(
+    conn: asyncpg.Connection, folder: Traversable | None = None
+) -> list[str]:
     await conn.execute(sql.CREATE_MIGRATIONS_TABLE)
     done = {r["version"] for r in await conn.fetch(sql.SELECT_MIGRATIONS)}
-    return [p.name for p in _migration_files(folder) if p.name not in done]
+    return [p.name for p in migration_files(folder) if p.name not in done]
 
 
-async def apply_migrations(dsn: str, folder: Path = MIGRATIONS_DIR) -> list[str]:
+async def apply_migrations(dsn: str, folder: Traversable | None = None) -> list[str]:
     """Apply pending migrations; return the names applied (empty when up to date)."""
-    if not _migration_files(folder):
-        # An installed wheel holds no migrations/: "up to date" would be a lie.
+    folder = migrations_folder() if folder is None else folder
+    files = {p.name: p for p in migration_files(folder)}
+    if not files:
+        # Nothing to compare the database with: "up to date" would be a lie.
         raise ConfigError(
-            f"no migrations in {folder}: run python -m pipeline migrate from a clone of the "
-            "repository (or the Docker image), where migrations/ sits next to pipeline/"
+            f"no migrations in {folder}: the installation is incomplete; reinstall "
+            "event-pipeline from its wheel or sdist, which ship them as pipeline/migrations"
         )
     conn = await connect(dsn)
     applied: list[str] = []
@@ -45,7 +56,7 @@ async def apply_migrations(dsn: str, folder: Path = MIGRATIONS_DIR) -> list[str]
         await conn.execute(sql.ADVISORY_LOCK, _LOCK_ID)
         try:
             for name in await pending_migrations(conn, folder):
-                script = (folder / name).read_text()
+                script = files[name].read_text(encoding="utf-8")
                 async with conn.transaction():
                     await conn.execute(script)
                     await conn.execute(sql.RECORD_MIGRATION, name)

@@ -1,8 +1,10 @@
-"""``python -m producers.gateway [--host H] [--port P]``: serve the gateway with uvicorn.
+"""``pipeline-gateway [--host H] [--port P]``: serve the gateway with uvicorn.
 
-All other configuration comes from the environment (docs/gateway.md). SIGTERM
-or SIGINT stops it gracefully: no new connections, requests in flight finish
-(up to GATEWAY_SHUTDOWN_GRACE_SECONDS), then the Kafka producer is flushed.
+The same as ``producers gateway``, ``python -m producers gateway`` and
+``python -m producers.gateway``. All other configuration comes from the
+environment (docs/gateway.md). SIGTERM or SIGINT stops it gracefully: no new
+connections, requests in flight finish (up to GATEWAY_SHUTDOWN_GRACE_SECONDS),
+then the Kafka producer is flushed.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from pipeline.errors import PipelineError
 from pipeline.logs import configure
 from producers.gateway.settings import GatewaySettings
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "script", "serve"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m producers gateway")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="The HTTP gateway (docs/gateway.md).")
     p.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8080)")
     return p
@@ -40,8 +42,8 @@ def _plain(record: logging.LogRecord) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m producers.gateway") -> int:
+    args = _parser(prog).parse_args(argv)
     try:
         settings = GatewaySettings.from_env()
         settings.pipeline.require_database_url()
@@ -56,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("uvicorn.error").addFilter(_plain)
     serve(settings)
     return 0
+
+
+def script() -> int:
+    """The ``pipeline-gateway`` console script (pyproject.toml): its help names it so."""
+    return main(prog="pipeline-gateway")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of the gateway, served at /openapi.json and /openapi.yaml.
 
 Request bodies embed the published contracts from ``schemas/`` (JSON Schema
-2020-12, the dialect of OpenAPI 3.1); their ``$defs`` move to
+2020-12, the dialect of OpenAPI 3.1; shipped in the wheel as ``pipeline/schemas``
+and found by pipeline.resources); their ``$defs`` move to
 ``components/schemas`` so every ``$ref`` resolves within this one document.
 The YAML form is written here too: every key and string double-quoted (JSON
 escapes are YAML escapes), so it parses back to exactly the JSON document.
@@ -10,16 +11,15 @@ escapes are YAML escapes), so it parses back to exactly the JSON document.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pipeline.resources import schemas_folder
 from producers.gateway.settings import GatewaySettings
 
-__all__ = ["as_json", "as_yaml", "document", "load_contract"]
+__all__ = ["CONTRACTS", "as_json", "as_yaml", "document", "load_contract"]
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CONTRACTS = {
     "ProductEvent": "product-event.v1.schema.json",
     "AgentEvent": "agent-event.v0.schema.json",
@@ -29,7 +29,7 @@ _ERR = "#/components/responses/"
 
 def load_contract(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A contract without ``$schema``/``$id``/``$defs``, and its ``$defs``, refs rewritten."""
-    schema = orjson.loads((SCHEMAS / CONTRACTS[name]).read_bytes())
+    schema = orjson.loads((schemas_folder() / CONTRACTS[name]).read_bytes())
     defs = schema.pop("$defs", {})
     for key in ("$schema", "$id"):
         schema.pop(key, None)

@@ -1,5 +1,9 @@
 """Offline checks of docker-compose.yml and the Dockerfile (no Docker engine needed).
 
+The Dockerfile builds the wheel in one stage and installs only that wheel in the
+image; compose runs the console scripts pyproject.toml declares. Both are read
+here, not built (tests/integration/test_install.py runs an installed wheel).
+
 ``docker-compose config`` (Debian's docker-compose 1.29) validates the compose file
 against the Compose Specification and prints it normalised; the test reads that
 output. A missing docker-compose is a failure, not a skip: the file would go
@@ -11,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -168,27 +174,92 @@ def test_compose_file_validates_and_defines_the_stack(
     assert "load" in profiles.stdout.split()
 
 
-def test_dockerfile_runs_the_pipeline() -> None:
-    assert DOCKERFILE.is_file(), f"{DOCKERFILE} is missing"
-    text = DOCKERFILE.read_text()
-    # Join continuation lines, drop comments.
-    lines = [
-        ln.strip()
-        for ln in re.sub(r"\\\n", " ", text).splitlines()
-        if ln.strip() and not ln.strip().startswith("#")
-    ]
-    assert any(re.match(r"FROM\s+python:3\.11-slim\b", ln, re.IGNORECASE) for ln in lines)
-    assert any("pip install --no-cache-dir -c requirements.lock ." in ln for ln in lines)
+def _console_scripts() -> set[str]:
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 
-    commands = []
-    for ln in lines:
-        m = re.match(r"(CMD|ENTRYPOINT)\s+(.*)$", ln, re.IGNORECASE)
-        if m:
-            arg = m.group(2).strip()
-            words = json.loads(arg) if arg.startswith("[") else arg.split()
-            commands.append(" ".join(words))
+
+def _programs(command: list[str] | str) -> list[list[str]]:
+    """The commands a service's ``command`` runs, as argument lists (``sh -c`` opened up)."""
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    if words[:2] != ["sh", "-c"]:
+        return [words]
+    runs = []
+    for part in re.split(r"&&|\|\||;", words[2]):
+        argv = shlex.split(part)
+        runs.append(argv[1:] if argv[:1] == ["exec"] else argv)
+    return runs
+
+
+def test_compose_runs_the_console_scripts_pyproject_declares() -> None:
+    result = _compose("config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    scripts = _console_scripts()
+    runs = {name: _programs(svc["command"]) for name, svc in services.items() if "command" in svc}
+    for name, commands in runs.items():
+        for argv in commands:
+            assert argv[0] in scripts, f"{name} runs {argv[0]!r}, not one of {sorted(scripts)}"
+    assert runs["migrate"] == [["pipeline", "migrate"], ["pipeline", "topics"]]
+    assert runs["worker"] == [["pipeline", "worker"]]
+    assert runs["gateway"] == [["pipeline-gateway"]]
+    assert [argv[:2] for argv in runs["loadgen"]] == [["producers", "generate"]]
+
+
+def _stages(text: str) -> list[list[str]]:
+    """The Dockerfile's instructions by stage: continuation lines joined, comments dropped."""
+    stages: list[list[str]] = []
+    for ln in re.sub(r"\\\n", " ", text).splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith("#"):
+            continue
+        if re.match(r"FROM\s", ln, re.IGNORECASE):
+            stages.append([])
+        assert stages, f"an instruction before the first FROM: {ln}"
+        stages[-1].append(ln)
+    return stages
+
+
+def _instruction(line: str) -> tuple[str, str]:
+    word, _, rest = line.partition(" ")
+    return word.upper(), rest.strip()
+
+
+def test_dockerfile_builds_a_wheel_and_installs_only_that() -> None:
+    assert DOCKERFILE.is_file(), f"{DOCKERFILE} is missing"
+    stages = _stages(DOCKERFILE.read_text())
+    assert len(stages) >= 2, "a build stage and the final image"
+    for stage in stages:
+        assert re.match(r"FROM\s+python:3\.11-slim\b", stage[0], re.IGNORECASE), stage[0]
+    build, final = stages[0], stages[-1]
+    builder = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", build[0], re.IGNORECASE)
+    assert builder, "the build stage needs a name (FROM ... AS build)"
+    build_runs = [rest for word, rest in map(_instruction, build) if word == "RUN"]
+    assert any("pip wheel" in run and "--no-deps" in run for run in build_runs), build_runs
+    # The build backend comes from the lock, like everything else.
+    assert any("-c requirements.lock" in run and "setuptools" in run for run in build_runs)
+
+    instructions = [_instruction(line) for line in final]
+    runs = [rest for word, rest in instructions if word == "RUN"]
+    # The final image installs the built wheel at the lock's versions ...
+    assert any(
+        re.search(r"pip install .*-c \S*requirements\.lock \S+\.whl", run) for run in runs
+    ), runs
+    # ... and copies nothing of the source: the wheel from the build stage, and the lock.
+    for word, rest in instructions:
+        assert word != "ADD", f"ADD {rest}"
+        if word == "COPY":
+            from_build = rest.startswith(f"--from={builder.group(1)} ")
+            assert from_build or rest.split()[0] == "requirements.lock", f"COPY {rest}"
+
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+
+    commands = [rest for word, rest in instructions if word in ("CMD", "ENTRYPOINT")]
     assert commands, "the Dockerfile has no CMD or ENTRYPOINT"
-    assert any(re.search(r"\bpython3? -m pipeline\b", c) for c in commands), commands
+    for command in commands:
+        words = json.loads(command) if command.startswith("[") else command.split()
+        assert words[0] in _console_scripts(), f"{words} does not start with a console script"
+    assert json.loads(commands[-1]) == ["pipeline", "worker"]
 
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored, ".dockerignore must keep .venv and .git out"

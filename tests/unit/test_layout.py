@@ -81,6 +81,7 @@ def test_packages_stack_in_one_direction(rel: str, path: Path) -> None:
             "pipeline.env",
             "pipeline.errors",
             "pipeline.logs",
+            "pipeline.resources",
             "pipeline.settings",
         )
         bad = {n for n in names if top(n) == "pipeline" and not _under(n, allowed)}

@@ -60,4 +60,15 @@ def test_this_environment_is_the_locked_one() -> None:
 def test_every_install_uses_the_lock() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"pip install .*-c requirements\.lock -e '\.\[dev\]'", makefile)
-    assert "-c requirements.lock ." in (ROOT / "Dockerfile").read_text()
+    # The build backend too: the editable install's build and the Docker build stage.
+    assert re.search(r"pip install .*--build-constraint requirements\.lock ", makefile)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"pip install .*-c requirements\.lock setuptools", dockerfile)
+    assert re.search(r"pip install .*-c \S*requirements\.lock \S+\.whl", dockerfile)
+
+
+def test_make_lock_keeps_the_build_backend() -> None:
+    # pip freeze leaves setuptools out unless told --all; the lock pins it (a dev dependency).
+    lock_recipe = (ROOT / "Makefile").read_text().split("\nlock:", 1)[1].split("\n\n", 1)[0]
+    assert "pip freeze --all " in lock_recipe and "--exclude pip" in lock_recipe
+    assert "setuptools" in _locked()

@@ -13,7 +13,6 @@ import copy
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,8 +23,9 @@ from pipeline.core.codec import NOT_AN_OBJECT, decode_message
 from pipeline.core.events import AgentEvent, Invalid, ProductEvent, Source
 from pipeline.core.limits import TOO_LARGE
 from pipeline.core.validate import METADATA_MAX_BYTES, SCHEMA_INVALID, validate_event
+from pipeline.resources import schemas_folder
 
-SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
+SCHEMA_DIR = schemas_folder()
 SCHEMA_FILES = {
     "product": SCHEMA_DIR / "product-event.v1.schema.json",
     "agent": SCHEMA_DIR / "agent-event.v0.schema.json",

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import yaml
 
+from pipeline.resources import schemas_folder
 from pipeline.settings import Settings
-from producers.gateway.openapi import SCHEMAS, as_json, as_yaml, document
+from producers.gateway.openapi import as_json, as_yaml, document
 from producers.gateway.settings import GatewaySettings
 
 DOC = document(GatewaySettings())
@@ -35,7 +36,7 @@ def test_every_ref_resolves_inside_the_document() -> None:
 
 def test_the_contracts_are_embedded_unchanged_but_for_their_defs() -> None:
     for name, file in (("ProductEvent", "product-event.v1"), ("AgentEvent", "agent-event.v0")):
-        original = orjson.loads((SCHEMAS / f"{file}.schema.json").read_bytes())
+        original = orjson.loads((schemas_folder() / f"{file}.schema.json").read_bytes())
         embedded = DOC["components"]["schemas"][name]
         assert embedded["required"] == original["required"]
         assert set(embedded["properties"]) == set(original["properties"])
