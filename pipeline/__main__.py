@@ -1,8 +1,9 @@
 """``pipeline <command>`` (or ``python -m pipeline <command>``): the operator's front door.
 
 Commands: worker, migrate, topics, stack (up|down|status), status, rebuild-rollups,
-retention, reset-offsets. The demo and the benchmark are tools around the product:
-``python -m tools demo|bench``.
+retention, reset-offsets; for analysts and operators: verify (the tables against a load's
+expect file), query (rollups of a range), dlq (list|show|replay dead letters).
+The demo and the benchmark are tools around the product: ``python -m tools demo|bench``.
 Bad configuration ends with a one-line message naming the setting, exit 2.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
+from pathlib import Path
 
 from pipeline.cli import run_command
 from pipeline.logs import quiet_kafka_client
@@ -117,6 +120,101 @@ def _reset(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.ops.verify import run_verify
+
+    return run_verify(settings, args.expect_file, args.wait)
+
+
+def _query(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.ops.query import parse_query, run_query
+
+    spec = parse_query(
+        time.time_ns() // 1000,
+        start=args.start,
+        end=args.end,
+        group_by=args.group_by,
+        agents=args.agents,
+        channel=args.channel,
+        event_name=args.event_name,
+        tenant=args.tenant,
+        agent=args.agent,
+        workflow=args.workflow,
+    )
+    return run_query(settings, spec, args.json)
+
+
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.ops import dlq
+    from pipeline.ops.fixes import parse_set, parse_unset
+
+    now_us = time.time_ns() // 1000
+    if args.action == "show":
+        return dlq.show_letter(settings, args.letter_id, args.json)
+    flt = dlq.parse_filter(now_us, args.reason, args.since, args.until, args.limit)
+    if args.action == "list":
+        return dlq.list_letters(settings, flt, args.json)
+    fixes = [parse_set(t) for t in args.set] + [parse_unset(t) for t in args.unset]
+    return dlq.replay_letters(
+        settings,
+        now_us,
+        args.id,
+        flt,
+        fixes,
+        again=args.again,
+        force=args.force,
+        dry_run=args.dry_run,
+        yes=args.yes,
+    )
+
+
+def _dlq_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", action="append", help="a reason (repeatable, or comma-separated)")
+    when = "RFC 3339, unix seconds, or a span ago: 30m, 1h, 2d, 1w"
+    p.add_argument("--since", help=f"received at or after: {when}")
+    p.add_argument("--until", help=f"received before: {when}")
+    p.add_argument(
+        "--limit", type=int, default=50, help="the newest N that match (default 50; 0: all)"
+    )
+
+
+def _dlq_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    d = sub.add_parser("dlq", help="dead letters: list, show, replay (optionally fixed)")
+    actions = d.add_subparsers(dest="action", required=True)
+    ls = actions.add_parser("list", help="dead letters by reason and arrival, newest first")
+    _dlq_filters(ls)
+    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    sh = actions.add_parser("show", help="one dead letter: every column, its raw bytes")
+    sh.add_argument("letter_id", type=int, metavar="ID")
+    sh.add_argument("--json", action="store_true", help="print one JSON object")
+    rp = actions.add_parser(
+        "replay", help="publish dead letters to the events topic again, optionally fixed"
+    )
+    rp.add_argument(
+        "--id", type=int, action="append", default=[], help="a dead letter's id (repeatable)"
+    )
+    _dlq_filters(rp)
+    rp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=JSON",
+        help="set a field first, e.g. timestamp=1700000000 or run.latency_ms=12 (repeatable)",
+    )
+    rp.add_argument(
+        "--unset", action="append", default=[], metavar="PATH", help="remove a field (repeatable)"
+    )
+    rp.add_argument("--again", action="store_true", help="publish ones replayed before too")
+    rp.add_argument(
+        "--force", action="store_true", help="publish events the validator still refuses"
+    )
+    rp.add_argument(
+        "--dry-run", action="store_true", help="print what would be published, change nothing"
+    )
+    rp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    d.set_defaults(run=_dlq)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +259,35 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     ro.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     ro.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     ro.set_defaults(run=_reset)
+    v = sub.add_parser(
+        "verify", help="check the tables against the expect file of python -m producers generate"
+    )
+    v.add_argument("--expect-file", type=Path, required=True, help="the generator's JSON file")
+    v.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait up to this long until the workers processed the load",
+    )
+    v.set_defaults(run=_verify)
+    q = sub.add_parser("query", help="rollups of a time range, by hour, day or channel")
+    when = "RFC 3339 or unix seconds"
+    q.add_argument("--from", dest="start", help=f"{when}; default 24 hours before --to")
+    q.add_argument("--to", dest="end", help=f"exclusive; {when}; default the current hour's end")
+    q.add_argument("--channel", help="product events of this channel only")
+    q.add_argument("--event-name", help="product events of this name only")
+    q.add_argument(
+        "--group-by",
+        help="hour (default), day or channel; with --agents: hour, day, tenant, agent, workflow",
+    )
+    q.add_argument("--agents", action="store_true", help="agent runs instead of product events")
+    q.add_argument("--tenant", help="with --agents: this tenant_id only")
+    q.add_argument("--agent", help="with --agents: this agent_id only")
+    q.add_argument("--workflow", help="with --agents: this workflow_id only")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(run=_query)
+    _dlq_parser(sub)
     return p
 
 

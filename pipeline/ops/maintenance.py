@@ -15,10 +15,10 @@ N days: a purged event that is re-published is otherwise stored and counted agai
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pipeline.console import Progress
 from pipeline.core.offsets import LogRange, out_of_range
 from pipeline.core.timeparse import parse_timestamp, us_to_datetime
 from pipeline.errors import ConfigError
@@ -88,15 +88,16 @@ async def apply_retention(dsn: str, days: int, batch: int = 20_000) -> dict[str,
             ("ingestion_jobs", sql.DELETE_OLD_INGESTION_JOBS),
         ):
             total = 0
+            bar = Progress()
             while True:
                 status = await conn.execute(statement, cutoff, batch)
                 n = int(status.split()[-1])
                 total += n
-                print(f"\r{table}: deleted {total}", end="", file=sys.stderr, flush=True)
+                bar.update(f"{table}: deleted {total}")
                 if n < batch:
                     break
                 await asyncio.sleep(0)  # one short transaction per batch
-            print(file=sys.stderr)
+            bar.close()
             deleted[table] = total
     finally:
         await conn.close()

@@ -17,7 +17,13 @@ from pipeline.sink import sql
 from pipeline.sink.connect import connect
 from pipeline.sink.writer import load_progress
 
-__all__ = ["Reconciliation", "wait_until_processed", "reconcile", "rollups_as_rows"]
+__all__ = [
+    "Reconciliation",
+    "durable_offsets",
+    "wait_until_processed",
+    "reconcile",
+    "rollups_as_rows",
+]
 
 
 @dataclass
@@ -61,6 +67,15 @@ async def wait_until_processed(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"processed {done} of {target} messages in {timeout:.0f}s")
             await asyncio.sleep(poll_s)
+    finally:
+        await conn.close()
+
+
+async def durable_offsets(dsn: str, topic: str) -> dict[int, int]:
+    """``{partition: next_offset}`` of ``topic``: where the workers would resume."""
+    conn = await connect(dsn)
+    try:
+        return {p: offset for p, (offset, _) in (await load_progress(conn, topic)).items()}
     finally:
         await conn.close()
 

@@ -430,3 +430,97 @@ VALUES (timestamptz 'epoch' + $1 * interval '1 microsecond', $2, $3, 1, 0, now()
 ON CONFLICT (hour, channel, event_name) DO UPDATE SET
     event_count = rollup_channel_hourly.event_count + 1
 """
+
+# --- Dead letters: python -m pipeline dlq list|show|replay (pipeline/ops/dlq.py) -------
+
+# $1 reasons (NULL: any), $2 received since (inclusive), $3 received until (exclusive).
+_DLQ_FILTER = """($1::text[] IS NULL OR reason = ANY($1))
+  AND ($2::timestamptz IS NULL OR received_at >= $2)
+  AND ($3::timestamptz IS NULL OR received_at < $3)"""
+_DLQ_COLUMNS = """id, received_at, reason, field, detail, source_topic, source_partition,
+       source_offset, envelope_index, length(raw) AS raw_bytes, replayed_at, replayed_to,
+       replay_count, replay_fixes"""
+
+# The newest $4 dead letters of the filter (NULL: all), in id order; with their raw bytes
+# when $5 (replay needs them, list does not).
+DLQ_SELECT = f"""
+SELECT * FROM (
+    SELECT {_DLQ_COLUMNS}, CASE WHEN $5::bool THEN raw END AS raw
+    FROM dead_letters WHERE {_DLQ_FILTER}
+    ORDER BY id DESC LIMIT $4::int8
+) newest ORDER BY id
+"""
+
+DLQ_COUNTS = f"""
+SELECT reason, count(*) AS n, count(replayed_at) AS replayed
+FROM dead_letters WHERE {_DLQ_FILTER} GROUP BY 1 ORDER BY 1
+"""
+
+DLQ_SELECT_IDS = f"""
+SELECT {_DLQ_COLUMNS}, raw FROM dead_letters WHERE id = ANY($1::int8[]) ORDER BY id
+"""
+
+# Written only after the broker acknowledged each publish: $2 is topic/partition/offset.
+DLQ_MARK_REPLAYED = """
+UPDATE dead_letters d
+SET replayed_at = now(), replayed_to = x.dest, replay_count = d.replay_count + 1,
+    replay_fixes = x.fixes
+FROM unnest($1::int8[], $2::text[], $3::text[]) AS x(id, dest, fixes)
+WHERE d.id = x.id
+"""
+
+# --- Rollups for a range: python -m pipeline query (pipeline/ops/query.py) ------------
+
+# $1 from (inclusive), $2 to (exclusive) on the hour start; $3 event_name, $4 channel.
+_QUERY_CHANNEL_FILTER = """hour >= $1 AND hour < $2
+      AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR channel = $4)"""
+_DAY = "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+
+# Unique users come from the per-hour user sets: a count of distinct users per bucket,
+# never a sum of hourly uniques (a user seen in two hours counts once in their day).
+QUERY_CHANNEL_BUCKETS = {
+    group: f"""
+WITH e AS (
+    SELECT {expr} AS bucket, sum(event_count)::int8 AS events,
+           sum(late_events)::int8 AS late_events
+    FROM rollup_channel_hourly WHERE {_QUERY_CHANNEL_FILTER} GROUP BY 1
+), u AS (
+    SELECT {expr} AS bucket, count(DISTINCT user_id)::int8 AS unique_users
+    FROM rollup_channel_users WHERE {_QUERY_CHANNEL_FILTER} GROUP BY 1
+)
+SELECT e.bucket, e.events, coalesce(u.unique_users, 0) AS unique_users, e.late_events
+FROM e LEFT JOIN u USING (bucket) ORDER BY 1
+"""
+    for group, expr in {"hour": "hour", "day": _DAY, "channel": "channel"}.items()
+}
+
+QUERY_CHANNEL_TOTALS = f"""
+SELECT (SELECT coalesce(sum(event_count), 0)::int8
+          FROM rollup_channel_hourly WHERE {_QUERY_CHANNEL_FILTER}) AS events,
+       (SELECT count(DISTINCT user_id)::int8
+          FROM rollup_channel_users WHERE {_QUERY_CHANNEL_FILTER}) AS unique_users,
+       (SELECT coalesce(sum(late_events), 0)::int8
+          FROM rollup_channel_hourly WHERE {_QUERY_CHANNEL_FILTER}) AS late_events
+"""
+
+# $1 from, $2 to; $3 tenant_id, $4 agent_id, $5 workflow_id (NULL: any).
+QUERY_AGENT_BUCKETS = {
+    group: f"""
+SELECT {expr} AS bucket, sum(runs)::int8 AS runs, sum(succeeded)::int8 AS succeeded,
+       sum(failed)::int8 AS failed, sum(events)::int8 AS events,
+       sum(cost_usd)::float8 AS cost_usd, sum(latency_ms_sum)::float8 AS latency_ms_sum,
+       sum(latency_ms_count)::int8 AS latency_ms_count
+FROM rollup_agent_hourly
+WHERE hour >= $1 AND hour < $2
+  AND ($3::text IS NULL OR tenant_id = $3) AND ($4::text IS NULL OR agent_id = $4)
+  AND ($5::text IS NULL OR workflow_id = $5)
+GROUP BY 1 ORDER BY 1
+"""
+    for group, expr in {
+        "hour": "hour",
+        "day": _DAY,
+        "tenant": "tenant_id",
+        "agent": "agent_id",
+        "workflow": "workflow_id",
+    }.items()
+}
