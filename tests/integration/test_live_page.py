@@ -5,7 +5,8 @@ gateway, undecodable and invalid messages straight to the topic), waits until
 PostgreSQL holds every one and the worker has reported its lag, then lets
 Chromium load ``/live`` and run its JavaScript, and reads the rendered DOM: the
 numbers on the page must be the ones the test computed from what it published.
-A screenshot is saved to ``.artifacts/live-page.png``.
+A screenshot is saved to ``.artifacts/live-page.png``. A second test drives the
+page over the DevTools protocol: the API-key prompt, and no polling while hidden.
 
 Chromium is Debian's package (``make tools`` installs it). Without it the test
 FAILS in CI and is skipped, with the reason, elsewhere.
@@ -409,10 +410,11 @@ class DevTools:
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+        self.target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=self.target, flatten=True)[
             "sessionId"
         ]
+        self._other: str | None = None
         for domain in ("Page", "Runtime", "Network"):
             self.call(f"{domain}.enable", session=self.session)
 
@@ -477,6 +479,16 @@ class DevTools:
         self.page("Input.insertText", text=key)
         self.js("document.querySelector('#keyform button').click()")
 
+    def hide(self) -> None:
+        """Hide the page as a user does: another tab comes to the front."""
+        self._other = self.call("Target.createTarget", url="about:blank")["targetId"]
+
+    def show(self) -> None:
+        assert self._other is not None
+        self.call("Target.activateTarget", targetId=self.target)
+        self.call("Target.closeTarget", targetId=self._other)
+        self._other = None
+
     def live_requests(self) -> list[dict[str, Any]]:
         """The page's requests to /v1/live so far (URL and headers as sent)."""
         return [
@@ -538,6 +550,19 @@ async def test_the_live_page_asks_for_an_api_key_and_keeps_it_in_the_tab(
                 tools.page("Page.reload")
                 tools.wait(f"{STATE} === 'ok'", "the data after a reload, without asking again")
                 assert not tools.js(ASKS_FOR_KEY)
+
+                # Hidden, the page stops polling (it refreshes every 5 s when shown):
+                # watch it for longer than that, then show it again.
+                tools.hide()
+                tools.wait(f"{STATE} === 'paused'", "the page to pause while hidden")
+                tools.js("1")  # read the events so far
+                polled = len(tools.live_requests())
+                time.sleep(6.5)
+                tools.js("1")
+                assert len(tools.live_requests()) == polled, "polled while hidden"
+                tools.show()
+                tools.wait(f"{STATE} === 'ok'", "a refresh once shown again")
+                assert len(tools.live_requests()) > polled
 
                 sent = tools.live_requests()
                 assert sent, "the page made no request to /v1/live"
