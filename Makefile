@@ -37,13 +37,19 @@ dist: setup
 demo: setup
 	$(BIN)/python -m tools demo
 
-## tools: system tools the suite uses (docker-compose validates the compose file offline)
+## tools: system tools the suite uses (docker-compose validates the compose file offline;
+## headless chromium renders the gateway's live page)
 tools:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null; \
 	  else echo "docker-compose is missing: install it (apt-get install docker-compose)"; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian package) to test the gateway's live page headless"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "chromium is missing: install it (apt-get install chromium)"; fi; }
 
 ## test: lint + the whole suite (unit, integration, chaos); starts what it needs
 test: setup tools lint

@@ -37,6 +37,7 @@ GROUPS = ("hour", "day", "channel")
 MAX_SPAN_HOURS = 366 * 24
 AGENT_FILTERS = ("tenant_id", "workspace_id", "project_id", "agent_id", "workflow_id")
 _NUMBER = re.compile(r"\d{1,15}(\.\d{1,9})?\Z")
+_WHOLE = re.compile(r"[0-9]{1,5}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,8 @@ def parse_overview_query(query: Mapping[str, str], now_us: int) -> OverviewQuery
     """``window_hours`` (1..8784, default 24) and the optional agent filters."""
     errors: list[dict[str, Any]] = []
     raw = query.get("window_hours", "24")
-    hours = int(raw) if raw.isdigit() and len(raw) <= 5 else 0
+    # ASCII digits only: str.isdigit accepts "²", which int() refuses.
+    hours = int(raw) if _WHOLE.match(raw) else 0
     if not 1 <= hours <= MAX_SPAN_HOURS:
         errors.append(error("window_hours", f"must be a whole number from 1 to {MAX_SPAN_HOURS}"))
     filters = tuple(_text(query, name, 128, errors) for name in AGENT_FILTERS)

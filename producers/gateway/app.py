@@ -1,8 +1,8 @@
-"""The gateway as one ASGI application: ingestion, ingestion jobs, metrics, health, OpenAPI.
+"""The gateway as one ASGI application: ingestion, jobs, metrics, the live page, health, OpenAPI.
 
 Routes only coordinate: bodies are judged in ``ingest.py``, publishes go
-through ``publish.py``, SQL lives in ``queries.py`` (run by ``jobs.py`` and
-``analytics.py``). Every client error is an :class:`HttpError`; a publish the
+through ``publish.py``, SQL lives in ``queries.py`` (run by ``jobs.py``,
+``analytics.py`` and ``live.py``). Every client error is an :class:`HttpError`; a publish the
 broker did not acknowledge is a 503 with ``Retry-After``; a 202 is sent only
 after the broker acknowledged.
 
@@ -24,6 +24,7 @@ import asyncpg
 
 from pipeline.errors import PublishError
 from producers.gateway import analytics, jobs, openapi, queries
+from producers.gateway import live as live_view
 from producers.gateway.accesslog import AccessLog
 from producers.gateway.auth import Caller, KeyCheck, RateLimiter
 from producers.gateway.http import (
@@ -96,6 +97,7 @@ class Gateway:
         doc = openapi.document(settings)
         self._openapi_json = openapi.as_json(doc)
         self._openapi_yaml = openapi.as_yaml(doc)
+        self._live_page = live_view.page()
 
     # --- ASGI ---
 
@@ -335,6 +337,19 @@ class Gateway:
         overview = await self._db(lambda conn: analytics.agent_overview(conn, q, scope))
         return json_response(200, overview)
 
+    # --- the live page ---
+
+    async def get_live(self, request: Request, caller: Caller) -> Response:
+        caller.require_every_tenant("live data (channels, lag, dead letters)")
+        q = live_view.parse_live_query(request.query, _now_us())
+        topic = self.settings.pipeline.events_topic
+        snapshot = await self._db(lambda conn: live_view.live_snapshot(conn, q, topic))
+        return json_response(200, snapshot)
+
+    async def live_page(self, request: Request, caller: Caller) -> Response:
+        """The page holds no data: it asks for an API key itself and sends it to /v1/live."""
+        return self._live_page
+
     # --- health and documents ---
 
     async def live(self, request: Request, caller: Caller) -> Response:
@@ -378,6 +393,8 @@ _ROUTES: dict[str, dict[str, _Route]] = {
     "/v1/ingestions": {"POST": _Route(Gateway.post_ingestion, limit="ingest")},
     "/metrics": {"GET": _Route(Gateway.get_metrics, limit="read")},
     "/v1/metrics/overview": {"GET": _Route(Gateway.get_overview, limit="read")},
+    "/v1/live": {"GET": _Route(Gateway.get_live, limit="read")},
+    "/live": {"GET": _Route(Gateway.live_page, auth=False)},
     "/healthz": {"GET": _Route(Gateway.live, auth=False)},
     "/health/live": {"GET": _Route(Gateway.live, auth=False)},
     "/readyz": {"GET": _Route(Gateway.ready, auth=False)},

@@ -291,6 +291,7 @@ def _schemas(max_events: int) -> dict[str, Any]:
                 "latency_samples": {"type": "integer"},
             },
         },
+        "Live": _live_schema(),
         "Health": {
             "type": "object",
             "required": ["status"],
@@ -301,6 +302,116 @@ def _schemas(max_events: int) -> dict[str, Any]:
         },
     }
     return schemas
+
+
+def _live_schema() -> dict[str, Any]:
+    """GET /v1/live: every per-hour list has one entry per hour of ``hour_starts``."""
+    ints = {"type": "array", "items": {"type": "integer"}}
+    iso = {"type": "string", "format": "date-time"}
+
+    def obj(required: list[str], **properties: Any) -> dict[str, Any]:
+        return {"type": "object", "required": required, "properties": properties}
+
+    series = obj(
+        ["channel", "event_name", "other", "events", "total", "late_events"],
+        channel={"type": ["string", "null"]},
+        event_name={"type": ["string", "null"]},
+        other={"type": "boolean", "description": "The series beyond the top ones, summed."},
+        series_folded={"type": "integer", "description": "How many series `other` sums."},
+        events=ints,
+        total={"type": "integer"},
+        late_events={"type": "integer"},
+    )
+    hour = obj(
+        ["hour", "state", "events", "late_events", "revised"],
+        hour=iso,
+        state={"enum": ["complete", "incomplete", "empty"]},
+        events={"type": "integer"},
+        late_events={"type": "integer"},
+        revised={"type": "boolean"},
+    )
+    partition = obj(
+        ["partition", "lag", "worker_id"],
+        partition={"type": "integer"},
+        lag={"type": ["integer", "null"], "description": "null: no live worker reports it."},
+        worker_id={"type": ["string", "null"]},
+    )
+    worker = obj(
+        ["worker_id", "state", "partitions", "heartbeat_at", "silent_s"],
+        worker_id={"type": "string"},
+        state={"enum": ["live", "unhealthy", "silent"]},
+        partitions=ints,
+        heartbeat_at=iso,
+        silent_s={"type": "number"},
+    )
+    reason = obj(
+        ["reason", "counts", "total"],
+        reason={"type": "string"},
+        counts=ints,
+        total={"type": "integer"},
+    )
+    rates = {"type": "array", "items": {"type": ["number", "null"]}}
+    doc = obj(
+        [
+            "generated_at",
+            "hours",
+            "from",
+            "to",
+            "hour_starts",
+            "channels",
+            "agents",
+            "completeness",
+            "lag",
+            "dead_letters",
+        ],
+        generated_at=iso,
+        hours={"type": "integer"},
+        to=iso,
+        hour_starts={"type": "array", "items": iso},
+        channels=obj(
+            ["series", "series_total", "by_hour", "total", "late_events"],
+            series={"type": "array", "items": series},
+            series_total={"type": "integer"},
+            by_hour=ints,
+            total={"type": "integer"},
+            late_events={"type": "integer"},
+        ),
+        agents=obj(
+            ["hourly", "totals"],
+            hourly=obj(
+                ["runs", "succeeded", "failed", "success_rate"],
+                runs=ints,
+                succeeded=ints,
+                failed=ints,
+                success_rate=rates,
+            ),
+            totals=_ref("Overview"),
+        ),
+        completeness=obj(
+            ["low_watermark", "complete", "hours"],
+            low_watermark={"type": ["string", "null"], "format": "date-time"},
+            complete={"type": "integer"},
+            hours={"type": "array", "items": hour},
+        ),
+        lag=obj(
+            ["partitions", "total", "unowned", "workers", "silent_after_s"],
+            partitions={"type": "array", "items": partition},
+            total={"type": "integer"},
+            unowned=ints,
+            workers={"type": "array", "items": worker},
+            silent_after_s={"type": "number"},
+        ),
+        dead_letters=obj(
+            ["interval_seconds", "starts", "reasons", "total", "last_interval"],
+            interval_seconds={"type": "integer"},
+            starts={"type": "array", "items": iso},
+            reasons={"type": "array", "items": reason},
+            total={"type": "integer"},
+            last_interval={"type": "integer"},
+        ),
+    )
+    doc["properties"]["from"] = iso  # a keyword in Python
+    return doc
 
 
 def _responses() -> dict[str, Any]:
@@ -465,6 +576,44 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _ok("Overview.", "Overview"),
                     **_errors("400", "401", "403", "404", "429", "503"),
+                },
+            }
+        },
+        "/v1/live": {
+            "get": {
+                "summary": "The live page's data: hourly rollups, agent runs, completeness,"
+                " lag per partition (as workers report it), dead letters per interval",
+                "parameters": [
+                    {
+                        "name": "hours",
+                        "in": "query",
+                        "description": "The last N UTC hours, the current one included.",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 168, "default": 24},
+                    },
+                    {
+                        "name": "dlq_interval",
+                        "in": "query",
+                        "description": "Seconds per dead-letter interval; at most 2016 intervals"
+                        " over the window.",
+                        "schema": {"enum": [60, 300, 600, 900, 1800, 3600], "default": 300},
+                    },
+                ],
+                "responses": {
+                    "200": _ok("A snapshot.", "Live"),
+                    **_errors("400", "401", "403", "404", "429", "503"),
+                },
+            }
+        },
+        "/live": {
+            "get": {
+                "summary": "The live page: one self-contained HTML page that polls /v1/live"
+                " (it asks for an API key itself when the gateway needs one)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
                 },
             }
         },

@@ -2,7 +2,8 @@
 
 The gateway writes only ``ingestion_jobs`` rows (before publishing a job) and
 otherwise reads: the rollup tables for the metrics API, the job counts the
-sink keeps, and ``raw_events`` of one job for its results. Filters are
+sink keeps, ``raw_events`` of one job for its results, and for the live page
+the workers' reports (``worker_status``), ``dead_letters`` and ``hour_completeness``. Filters are
 parameters (``$n::text IS NULL OR column = $n``); nothing a client sends is
 ever spliced into the text.
 """
@@ -13,6 +14,12 @@ __all__ = [
     "AGENT_OVERVIEW",
     "INSERT_JOB",
     "JOB_RESULTS",
+    "LIVE_AGENT_HOURLY",
+    "LIVE_CHANNEL_HOURLY",
+    "LIVE_COMPLETENESS",
+    "LIVE_DEAD_LETTERS",
+    "LIVE_PARTITIONS",
+    "LIVE_WORKERS",
     "METRICS_BUCKETS",
     "METRICS_TOTALS",
     "PING",
@@ -102,4 +109,74 @@ WHERE hour >= $1 AND hour < $2
   AND ($5::text IS NULL OR project_id = $5) AND ($6::text IS NULL OR agent_id = $6)
   AND ($7::text IS NULL OR workflow_id = $7)
   AND ($8::text[] IS NULL OR tenant_id = ANY($8))  -- the API key's tenants
+"""
+
+# --- GET /v1/live: the live page's snapshot. $1 from, $2 to (hour starts) ---
+
+# Per hour, the $3 series (channel, event_name) with the most events in the window;
+# the others are summed into one row per hour with NULL channel and event_name.
+# `series` is how many series the window holds in all.
+LIVE_CHANNEL_HOURLY = """
+WITH r AS (
+    SELECT hour, channel, event_name, event_count, late_events
+    FROM rollup_channel_hourly WHERE hour >= $1 AND hour < $2
+), ranked AS (
+    SELECT channel, event_name,
+           row_number() OVER (ORDER BY sum(event_count) DESC, channel, event_name) AS rank
+    FROM r GROUP BY channel, event_name
+)
+SELECT r.hour,
+       CASE WHEN k.rank <= $3 THEN r.channel END AS channel,
+       CASE WHEN k.rank <= $3 THEN r.event_name END AS event_name,
+       sum(r.event_count)::int8 AS events,
+       sum(r.late_events)::int8 AS late_events,
+       (SELECT count(*) FROM ranked)::int8 AS series
+FROM r JOIN ranked k USING (channel, event_name)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+LIVE_AGENT_HOURLY = """
+SELECT hour, sum(runs)::int8 AS runs, sum(succeeded)::int8 AS succeeded,
+       sum(failed)::int8 AS failed, sum(events)::int8 AS events
+FROM rollup_agent_hourly WHERE hour >= $1 AND hour < $2
+GROUP BY hour ORDER BY hour
+"""
+
+LIVE_COMPLETENESS = """
+SELECT hour, complete, events, late_events, revised, low_watermark
+FROM hour_completeness WHERE hour >= $1 AND hour < $2 ORDER BY hour
+"""
+
+# Dead letters received in [$1, $2), counted per reason and interval of $3 seconds
+# (interval starts in unix seconds). The reasons are walked through the index on
+# (reason, received_at) one at a time (a loose index scan), so the range on
+# received_at is an index range per reason rather than a scan of every dead letter.
+LIVE_DEAD_LETTERS = """
+WITH RECURSIVE reasons AS (
+    (SELECT reason FROM dead_letters ORDER BY reason LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.reason FROM dead_letters d WHERE d.reason > r.reason
+            ORDER BY d.reason LIMIT 1)
+    FROM reasons r WHERE r.reason IS NOT NULL
+)
+SELECT r.reason,
+       (floor(extract(epoch FROM d.received_at) / $3::int8)::int8 * $3::int8) AS start_s,
+       count(*)::int8 AS n
+FROM reasons r
+JOIN dead_letters d ON d.reason = r.reason AND d.received_at >= $1 AND d.received_at < $2
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+# Workers heard from within $1 seconds (every worker reports each 5 s); `silent_s`
+# tells one that stopped reporting apart, as `python -m pipeline status` does.
+LIVE_WORKERS = """
+SELECT worker_id, partitions, live, lag, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS silent_s
+FROM worker_status WHERE heartbeat_at > now() - $1 * interval '1 second'
+ORDER BY worker_id
+"""
+
+# Every partition of the topic $1 that ever stored something (it may have no live owner).
+LIVE_PARTITIONS = """
+SELECT partition FROM partition_progress WHERE topic = $1 ORDER BY partition
 """

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -236,9 +237,10 @@ async def test_the_documented_examples_run_as_written(gateway: Served) -> None:
     out, err = await proc.communicate()
     assert proc.returncode == 0, (out + err).decode()
     replies = [orjson.loads(line) for line in out.splitlines() if line.strip()]
-    assert len(replies) == 10 and not [r for r in replies if "errors" in r], replies
+    assert len(replies) == 11 and not [r for r in replies if "errors" in r], replies
     assert replies[0]["accepted"] == 1 and replies[1] == {"accepted": 2, "rejected": 0}
     assert replies[3]["accepted"] == 2 and replies[3]["tenantId"] == "acme"
+    assert replies[9]["hours"] == 6 and len(replies[9]["hour_starts"]) == 6
 
 
 # --- exactly once through the gateway ---
@@ -382,6 +384,104 @@ async def test_metrics_parameter_errors(gateway: Served) -> None:
     for value in ("0", "8785", "a", "-1"):
         r = await gateway.get("/v1/metrics/overview", window_hours=value)
         assert r.status_code == 400 and r.json()["errors"][0]["field"] == "window_hours"
+
+
+# --- the live page's data (the page itself: test_live_page.py) ---
+
+
+async def test_live_data_from_the_rollups_worker_reports_and_dead_letters(
+    settings: Settings, workers: Workers
+) -> None:
+    acme, admin = "a" * 32, "x" * 32
+    gs = gateway_settings(settings, api_keys=keys(f"{acme}=acme", admin))
+    worker = workers.start()
+    async with serve(gs) as gw:
+        h = {"Authorization": f"Bearer {admin}"}
+        now = int(time.time())
+        hour = now - now % 3600
+        events = [
+            {"event_name": "view", "channel": "web", "user_id": f"u{i}", "timestamp": hour + i}
+            for i in range(4)
+        ] + [{"event_name": "buy", "channel": "ios", "user_id": "u1", "timestamp": hour - 3600}]
+        r = await gw.client.post("/events/bulk", content=orjson.dumps(events), headers=JSON | h)
+        assert r.status_code == 202, r.text
+        for e in (agent("run.started"), agent("run.completed", status="succeeded", cost_usd=1.5)):
+            r = await gw.client.post("/v1/events", content=orjson.dumps(e), headers=JSON | h)
+            assert r.status_code == 202, r.text
+        await gw.processed(settings)
+        dsn = settings.database_url or ""
+        # Two reports besides the real worker's: one silent for 20 s (it owns nothing),
+        # one not heard from for two minutes (no longer listed).
+        conn = await asyncpg.connect(dsn)
+        try:
+            for worker_id, age, lag in (("gone:1", 120, 50), ("quiet:2", 20, 40)):
+                await conn.execute(
+                    "INSERT INTO worker_status (worker_id, web_port, partitions, durable,"
+                    " idle_seconds, live, started_at, heartbeat_at, lag) VALUES ($1, 1, '{0}',"
+                    " '{}', '{}', true, now(), now() - $2 * interval '1 second', $3::jsonb)",
+                    worker_id,
+                    age,
+                    orjson.dumps({"0": lag}).decode(),
+                )
+        finally:
+            await conn.close()
+        me = f"{socket.gethostname()}:{worker.proc.pid}"
+
+        async def live() -> dict[str, Any]:
+            r = await gw.client.get("/v1/live", params={"hours": "6"}, headers=h)
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            return body
+
+        async def reported() -> dict[str, Any] | None:
+            body = await live()
+            owners = {p["worker_id"] for p in body["lag"]["partitions"]}
+            return body if owners == {me} else None
+
+        body = await wait_for(reported, 30, "the worker's report of every partition")
+        assert body["hours"] == 6 and len(body["hour_starts"]) == 6
+        # The hour of the events: the last of the window (the one before, should the
+        # clock have passed an hour since they were made).
+        at = body["hour_starts"].index(time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(hour)))
+        assert at >= 4
+        series = {(s["channel"], s["event_name"]): s["events"] for s in body["channels"]["series"]}
+        assert series == {
+            ("web", "view"): [4 if i == at else 0 for i in range(6)],
+            ("ios", "buy"): [1 if i == at - 1 else 0 for i in range(6)],
+        }
+        assert body["channels"]["total"] == 5
+        overview = await gw.client.get("/v1/metrics/overview?window_hours=6", headers=h)
+        assert body["agents"]["totals"] == overview.json()
+        hourly = body["agents"]["hourly"]
+        assert sum(hourly["runs"]) == 1
+        assert [r for r in hourly["success_rate"] if r is not None] == [1.0]
+        lag = body["lag"]
+        assert [p["partition"] for p in lag["partitions"]] == list(range(6))
+        assert {p["lag"] for p in lag["partitions"]} == {0} and lag["total"] == 0
+        states = {w["worker_id"]: w["state"] for w in lag["workers"]}
+        assert states == {me: "live", "quiet:2": "silent"}
+        assert body["dead_letters"]["total"] == 0 and body["dead_letters"]["reasons"] == []
+        assert [h["state"] for h in body["completeness"]["hours"][:3]] == ["empty"] * 3
+
+        # Who may read it: like channel metrics, only a key for every tenant.
+        assert (await gw.client.get("/v1/live")).status_code == 401
+        scoped = await gw.client.get("/v1/live", headers={"Authorization": f"Bearer {acme}"})
+        assert scoped.status_code == 403 and scoped.json()["errors"][0]["field"] == "Authorization"
+        for params, field in (
+            ({"hours": "0"}, "hours"),
+            ({"hours": "169"}, "hours"),
+            ({"dlq_interval": "30"}, "dlq_interval"),
+            ({"hours": "168", "dlq_interval": "60"}, "dlq_interval"),
+        ):
+            r = await gw.client.get("/v1/live", params=params, headers=h)
+            assert r.status_code == 400 and r.json()["errors"][0]["field"] == field, r.text
+
+        # The page is served to anyone: it holds no data and asks for a key itself.
+        page = await gw.client.get("/live")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert admin not in page.text and acme not in page.text
 
 
 # --- ingestion jobs ---
@@ -706,6 +806,9 @@ async def test_rate_limit_per_key_on_metrics(settings: Settings) -> None:
         assert limited.status_code == 429
         assert 1 <= int(limited.headers["Retry-After"]) <= 20
         assert limited.json()["errors"][0]["error"].startswith("rate limit")
+        # The live page's data shares the read budget; the page itself is not limited.
+        assert (await gw.client.get("/v1/live", headers=a)).status_code == 429
+        assert (await gw.client.get("/live")).status_code == 200
         assert (await gw.client.get("/metrics", headers={"X-API-Key": b_key})).status_code == 200
         # Ingestion has its own budget.
         r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=JSON | a)
@@ -836,6 +939,8 @@ async def test_openapi_json_and_yaml(gateway: Served) -> None:
         "/readyz",
         "/health/live",
         "/health/ready",
+        "/v1/live",
+        "/live",
     }
     product_schema = doc["components"]["schemas"]["ProductEvent"]
     assert product_schema["required"] == ["event_name", "channel", "user_id", "timestamp"]

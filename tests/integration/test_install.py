@@ -150,7 +150,7 @@ def test_the_wheel_holds_every_module_and_the_shipped_files(installed: Installed
     data = {n for n in names if not n.endswith(".py") and ".dist-info/" not in n}
     expected = {f"pipeline/migrations/{p.name}" for p in (REPO / "migrations").glob("*.sql")}
     expected |= {f"pipeline/schemas/{p.name}" for p in (REPO / "schemas").glob("*.json")}
-    expected.add("pipeline/ops/kafka/pom.xml")
+    expected |= {"pipeline/ops/kafka/pom.xml", "producers/gateway/live.html"}
     assert data == expected
     # Each byte for byte the repository's one copy (package-dir maps the top-level folders).
     with zipfile.ZipFile(installed.wheel) as wheel:
@@ -261,6 +261,8 @@ async def test_the_gateway_script_serves_the_openapi_document(
             return body if status == 200 else None
 
         doc = orjson.loads(await wait_for(served, 60, "the installed gateway's /openapi.json"))
+        status, page = await http_get(port, "/live")  # the live page ships as package data
+        assert status == 200 and b"<html" in page.lower(), page[:200]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -64,6 +64,7 @@ def test_overview_window_and_filters() -> None:
     assert (q.from_us, q.to_us) == (HOUR_END - 2 * HOUR_US, HOUR_END)
     assert q.filters == ("acme", None, None, None, None)
     assert parse_overview_query({}, NOW_US).window_hours == 24
-    for bad in ("0", "8785", "1.5", "", "99999999"):
+    # "\u00b2" is a digit to str.isdigit, and int() refuses it: once a 500.
+    for bad in ("0", "8785", "1.5", "", "99999999", "\u00b2", "\u0663"):
         with pytest.raises(HttpError):
             parse_overview_query({"window_hours": bad}, NOW_US)
