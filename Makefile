@@ -26,13 +26,19 @@ lock:
 demo: setup
 	$(BIN)/python -m tools demo
 
-## tools: system tools the suite uses (docker-compose validates the compose file offline)
+## tools: system tools the suite uses (docker-compose validates the compose file offline;
+## promtool, from Debian's prometheus package, checks and unit-tests the alert rules)
 tools:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null; \
 	  else echo "docker-compose is missing: install it (apt-get install docker-compose)"; fi; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus) to check deploy/prometheus"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null; \
+	  else echo "promtool is missing: install it (apt-get install prometheus)"; fi; }
 
 ## test: lint + the whole suite (unit, integration, chaos); starts what it needs
 test: setup tools lint
