@@ -37,19 +37,23 @@ dist: setup
 demo: setup
 	$(BIN)/python -m tools demo
 
-## tools: system tools the suite uses (docker-compose validates the compose file offline;
-## headless chromium renders the gateway's live page)
+## tools: system tools the suite uses, from Debian's packages: docker-compose validates the
+## compose file offline, headless chromium renders the gateway's live page, and promtool
+## (package prometheus) checks and unit-tests the alert rules. One apt-get update for all.
 tools:
-	@command -v docker-compose >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null; \
-	  else echo "docker-compose is missing: install it (apt-get install docker-compose)"; fi; }
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium (Debian package) to test the gateway's live page headless"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
-	  else echo "chromium is missing: install it (apt-get install chromium)"; fi; }
+	@need=""; \
+	command -v docker-compose >/dev/null 2>&1 || need="$$need docker-compose"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	command -v promtool >/dev/null 2>&1 || need="$$need prometheus"; \
+	if [ -z "$$need" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "missing tools the suite uses: install the Debian packages$$need"; exit 0; fi; \
+	echo "installing the Debian packages the suite uses:$$need"; \
+	apt-get update -qq >/dev/null; \
+	for pkg in $$need; do \
+	  flags=""; [ "$$pkg" = prometheus ] && flags="--no-install-recommends"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$flags $$pkg >/dev/null || exit 1; \
+	done
 
 ## test: lint + the whole suite (unit, integration, chaos); starts what it needs
 test: setup tools lint

@@ -94,7 +94,7 @@ class Committer:
         m.duplicates.inc(plan.duplicates + result.duplicates)
         m.duplicates_filtered.inc(plan.duplicates)
         m.dedup_keys.set(len(self._book.dedup))
-        m.dead_lettered.inc(result.dead_lettered)
+        m.count_dead_letters(d.reason for d in plan.dead)
         m.late.inc(sum(e.late for e in plan.events))
         m.batches.inc()
         m.sink_retries.inc(result.attempts - 1)

@@ -11,7 +11,11 @@ answer:
   unhealthy, so its supervisor restarts it.
 * ready: partitions were assigned (the group was joined), PostgreSQL answers,
   and no partition is stopped for a durable offset outside the broker's log.
-* metrics: Prometheus text (see metrics.py), lag per partition included.
+* metrics: ``prometheus_client``'s exposition of the worker's registry (see
+  metrics.py): OpenMetrics when the scraper's ``Accept`` asks for it, the classic
+  text format otherwise. Per assigned partition, lag, seconds since progress and
+  "stuck" are computed at scrape time, by the same rule as ``live``; the
+  database gauge follows the 5-second status report and readiness probes.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,16 +35,17 @@ import orjson
 from mode import Service
 
 from pipeline.sink import sql
-from pipeline.worker.metrics import Labels
+from pipeline.worker.metrics import PartitionState, exposition
 
 if TYPE_CHECKING:
     from pipeline.worker.app import PipelineApp
 
-__all__ = ["HealthServer"]
+__all__ = ["ROUTES", "HealthServer"]
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 5.0
+ROUTES = ("/health/live", "/health/ready", "/metrics")  # GET (and HEAD) only
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
@@ -62,8 +67,13 @@ class HealthServer(Service):
         self._tick = time.monotonic()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(UTC)
-        metrics = app.metrics
-        metrics.registry.gauge("pipeline_partition_lag", "messages not yet durable", self._lag)
+        metrics = self.metrics = app.metrics
+        metrics.partitions.assigned = self.partition_states
+        metrics.completeness_grace.set(app.runtime.settings.completeness_grace_seconds)
+        metrics.stuck_after.set(stuck_after)
+        metrics.database_up.set(math.nan)  # not checked yet
+        committer = app.committer
+        metrics.sink_retrying.set_function(lambda: 1.0 if committer.sink_retrying else 0.0)
 
     async def on_start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -110,7 +120,10 @@ class HealthServer(Service):
             try:
                 await asyncio.wait_for(self._write_report(), 5.0)
             except Exception as exc:  # the database may be down: the next report retries
+                self.metrics.database_up.set(0)
                 log.debug("worker report failed", extra={"error": repr(exc)})
+            else:
+                self.metrics.database_up.set(1)
 
     async def _write_report(self) -> None:
         now = time.monotonic()
@@ -154,14 +167,20 @@ class HealthServer(Service):
             )
         return out
 
-    def live(self) -> tuple[bool, dict[str, Any]]:
+    def partition_states(self) -> dict[int, PartitionState]:
+        """Per assigned partition: lag, seconds since progress, stuck (for live and metrics)."""
         now = time.monotonic()
-        loop_lag = now - self._tick
-        stuck = []
-        retrying = self.app.committer.sink_retrying
+        states: dict[int, PartitionState] = {}
         for p, (highwater, durable, at) in self.partitions().items():
-            if highwater is not None and highwater > durable and now - at > self.stuck_after:
-                stuck.append(p)
+            lag = None if highwater is None else max(highwater - durable, 0)
+            since = max(now - at, 0.0)
+            states[p] = PartitionState(lag, since, bool(lag) and since > self.stuck_after)
+        return states
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        loop_lag = time.monotonic() - self._tick
+        stuck = sorted(p for p, state in self.partition_states().items() if state.stuck)
+        retrying = self.app.committer.sink_retrying
         ok = loop_lag < 5.0 and (not stuck or retrying)
         return ok, {
             "loop_lag_s": round(loop_lag, 3),
@@ -171,7 +190,7 @@ class HealthServer(Service):
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = sorted(self.partitions())
-        joined = self.app.metrics.rebalances.value > 0 or bool(assigned)
+        joined = self.metrics.value("pipeline_rebalances_total") > 0 or bool(assigned)
         try:
             pool = await asyncio.wait_for(self.app.runtime.pool(), 2.0)
             await asyncio.wait_for(pool.fetchval(sql.PING), 2.0)
@@ -179,6 +198,7 @@ class HealthServer(Service):
         except Exception as exc:  # any failure means "not ready", with the reason shown
             log.warning("readiness: database unreachable", extra={"error": repr(exc)})
             database = False
+        self.metrics.database_up.set(1 if database else 0)
         stopped = {str(p): stop.describe() for p, stop in self.app.partitions.stopped.items()}
         report = {
             "partitions": assigned,
@@ -188,18 +208,13 @@ class HealthServer(Service):
         }
         return joined and database and not stopped, report
 
-    def _lag(self) -> Iterable[tuple[Labels, float]]:
-        for p, (highwater, durable, _) in self.partitions().items():
-            if highwater is not None:
-                yield (("partition", str(p)),), max(highwater - durable, 0)
-
     # --- HTTP -----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            method, path = _request_line(request)
-            status, ctype, body = await self._route(method, path)
+            method, path, accept = _request_head(request)
+            status, ctype, body = await self._route(method, path, accept)
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -211,22 +226,29 @@ class HealthServer(Service):
         finally:
             writer.close()
 
-    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+    async def _route(self, method: str, path: str, accept: str = "") -> tuple[int, str, bytes]:
         path = path.split("?", 1)[0]
-        if path not in ("/health/live", "/health/ready", "/metrics"):
+        if path not in ROUTES:
             return 404, "application/json", b'{"error":"not found"}'
         if method not in ("GET", "HEAD"):
             return 405, "application/json", b'{"error":"method not allowed"}'
         if path == "/metrics":
-            text = self.app.metrics.registry.render()
-            return 200, "text/plain; version=0.0.4", text.encode()
+            body, ctype = exposition(self.metrics.registry, accept)
+            return 200, ctype, body
         ok, detail = self.live() if path == "/health/live" else await self.ready()
         body = orjson.dumps({"status": "ok" if ok else "unhealthy", **detail})
         return (200 if ok else 503), "application/json", body
 
 
-def _request_line(request: bytes) -> tuple[str, str]:
-    parts = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+def _request_head(request: bytes) -> tuple[str, str, str]:
+    """Method, path and ``Accept`` header of a request head."""
+    first, *headers = request.decode("latin-1").split("\r\n")
+    parts = first.split(" ")
     if len(parts) < 2:
-        return "", ""
-    return parts[0], parts[1]
+        return "", "", ""
+    accept = ""
+    for line in headers:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "accept":
+            accept = value.strip()
+    return parts[0], parts[1], accept

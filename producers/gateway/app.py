@@ -1,5 +1,7 @@
 """The gateway as one ASGI application: ingestion, jobs, metrics, the live page, health, OpenAPI.
 
+Every request is counted for Prometheus (``telemetry.py``, served on ``/prometheus``).
+
 Routes only coordinate: bodies are judged in ``ingest.py``, publishes go
 through ``publish.py``, SQL lives in ``queries.py`` (run by ``jobs.py``,
 ``analytics.py`` and ``live.py``). Every client error is an :class:`HttpError`; a publish the
@@ -47,9 +49,11 @@ from producers.gateway.ingest import (
 )
 from producers.gateway.publish import Broker
 from producers.gateway.settings import GatewaySettings
+from producers.gateway.telemetry import PATH as PROMETHEUS_PATH
+from producers.gateway.telemetry import UNMATCHED, GatewayMetrics, exposition
 from producers.publisher import Receipt
 
-__all__ = ["Gateway", "create_app"]
+__all__ = ["ROUTE_TEMPLATES", "Gateway", "create_app"]
 
 log = logging.getLogger("producers.gateway")
 
@@ -62,12 +66,13 @@ _ACKED_JOBS_KEPT = 100_000
 
 
 class _Route:
-    __slots__ = ("auth", "handler", "limit")
+    __slots__ = ("auth", "handler", "limit", "template")
 
     def __init__(self, handler: Handler, auth: bool = True, limit: str | None = None) -> None:
         self.handler = handler
         self.auth = auth
         self.limit = limit  # which rate limit applies: "ingest", "read" or none
+        self.template = UNMATCHED  # the path, as the metrics name it (set below the tables)
 
 
 def _now_us() -> int:
@@ -81,7 +86,8 @@ class Gateway:
         self.settings = settings
         p = settings.pipeline
         self.limits = Limits(**asdict(p.event_limits()), max_events=settings.max_bulk_events)
-        self.broker = Broker(settings)
+        self.metrics = GatewayMetrics()
+        self.broker = Broker(settings, self.metrics)
         self.keys = KeyCheck(settings.api_keys)
         self.limiters = {
             "read": RateLimiter(settings.metrics_rate_limit_per_minute),
@@ -144,12 +150,15 @@ class Gateway:
         started = time.perf_counter()
         request = Request(scope, receive)
         caller: Caller | None = None
+        template = UNMATCHED
         try:
-            route = self._route(request)
+            methods = self._match(request)
+            template = next(iter(methods.values())).template
+            route = self._route(request, methods)
             caller = self._authenticate(request) if route.auth else None
             if route.limit is not None:
                 who = caller.key_id if caller is not None and caller.key_id else None
-                self.limiters[route.limit].check(who or f"addr-{request.client}", time.monotonic())
+                self._limit(route.limit, who or f"addr-{request.client}")
             response = await route.handler(self, request, caller or Caller(None, None))
         except HttpError as exc:
             response = exc.response()
@@ -160,12 +169,14 @@ class Gateway:
             log.exception("unhandled error", extra={"method": request.method, "path": request.path})
             response = json_response(500, {"errors": [error(None, "internal error")]})
         await response.send(send)
+        elapsed = time.perf_counter() - started
+        self.metrics.request(template, request.method, response.status, elapsed)
         if self.access is not None:
             self.access.request(
                 method=request.method,
                 path=request.path,
                 status=response.status,
-                ms=round((time.perf_counter() - started) * 1000, 3),
+                ms=round(elapsed * 1000, 3),
                 bytes=len(response.body),
                 client=request.client,
                 caller=caller.key_id if caller is not None else None,
@@ -175,15 +186,29 @@ class Gateway:
         """The caller; 401 for a bad key, 429 once an address failed too often."""
         address = f"addr-{request.client}"
         now = time.monotonic()
-        self.auth_failures.refuse_if_spent(address, now, "failed authentications")
+        try:
+            self.auth_failures.refuse_if_spent(address, now, "failed authentications")
+        except HttpError:
+            self.metrics.rate_limited.labels(limit="auth").inc()
+            raise
         try:
             return self.keys.identify(request.headers)
         except HttpError as exc:
             if exc.status == 401:
+                self.metrics.auth_refused.inc()
                 self.auth_failures.spend(address, now)
             raise
 
-    def _route(self, request: Request) -> _Route:
+    def _limit(self, limit: str, who: str) -> None:
+        """Take a token of rate limit ``limit`` for ``who``, or raise the 429."""
+        try:
+            self.limiters[limit].check(who, time.monotonic())
+        except HttpError:
+            self.metrics.rate_limited.labels(limit=limit).inc()
+            raise
+
+    def _match(self, request: Request) -> dict[str, _Route]:
+        """The routes of the request's path, by method; 404 when there are none."""
         path = request.path
         methods = _ROUTES.get(path)
         if methods is None:
@@ -192,6 +217,9 @@ class Gateway:
             if methods is None:
                 raise HttpError(404, [error("path", f"no endpoint at {path}")])
             request.path_params["jobId"] = tail
+        return methods
+
+    def _route(self, request: Request, methods: dict[str, _Route]) -> _Route:
         route = methods.get(request.method)
         if route is None:
             allow = ", ".join(sorted(methods))
@@ -379,6 +407,11 @@ class Gateway:
             return "unavailable"
         return "ok"
 
+    async def prometheus(self, request: Request, caller: Caller) -> Response:
+        """This process's metrics for Prometheus: OpenMetrics when ``Accept`` asks for it."""
+        body, content_type = exposition(self.metrics.registry, request.headers.get("accept", ""))
+        return Response(200, body, [(b"content-type", content_type.encode())])
+
     async def openapi_json(self, request: Request, caller: Caller) -> Response:
         return Response(200, self._openapi_json, [(b"content-type", b"application/json")])
 
@@ -401,6 +434,8 @@ _ROUTES: dict[str, dict[str, _Route]] = {
     "/health/ready": {"GET": _Route(Gateway.ready, auth=False)},
     "/openapi.json": {"GET": _Route(Gateway.openapi_json, auth=False)},
     "/openapi.yaml": {"GET": _Route(Gateway.openapi_yaml, auth=False)},
+    # Counts and timings only, labelled by route template: open like health (docs/gateway.md).
+    PROMETHEUS_PATH: {"GET": _Route(Gateway.prometheus, auth=False)},
 }
 
 # One trailing path segment: /v1/ingestions/{jobId}, /v1/results/{jobId}.
@@ -408,6 +443,22 @@ _PARAM_ROUTES: dict[str, dict[str, _Route]] = {
     "/v1/ingestions": {"GET": _Route(Gateway.get_ingestion)},
     "/v1/results": {"GET": _Route(Gateway.get_results)},
 }
+
+
+def _name_routes() -> tuple[str, ...]:
+    """Give each route its path template (the metrics' ``route`` label); all templates."""
+    named = [
+        *_ROUTES.items(),
+        *((f"{prefix}/{{jobId}}", methods) for prefix, methods in _PARAM_ROUTES.items()),
+    ]
+    for template, methods in named:
+        for route in methods.values():
+            route.template = template
+    return tuple(template for template, _ in named)
+
+
+# Every path the gateway serves, as templates (tests check manifests' probes against it).
+ROUTE_TEMPLATES = _name_routes()
 
 
 def create_app(settings: GatewaySettings | None = None) -> Gateway:

@@ -632,6 +632,23 @@ def _paths() -> dict[str, Any]:
                 ("/health/ready", "Readiness (alias of /readyz)"),
             )
         },
+        "/prometheus": {
+            "get": {
+                "summary": "The gateway's own metrics for Prometheus (requests, latency,"
+                " publishes, rate limits, process); not the rollups (those are /metrics)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenMetrics when Accept asks for"
+                        " application/openmetrics-text, else the Prometheus text format.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            }
+        },
     }
 
 

@@ -26,6 +26,7 @@ from pipeline.settings import Settings
 from producers.gateway.http import HttpError, error
 from producers.gateway.ingest import Prepared
 from producers.gateway.settings import GatewaySettings
+from producers.gateway.telemetry import GatewayMetrics
 from producers.keyhash import partition_for
 from producers.publisher import Publisher, Receipt
 
@@ -151,13 +152,16 @@ def _envelope(partition: int, chunk: list[tuple[bytes, bytes]]) -> tuple[int, by
 class Broker:
     """The producer's life: connect (retrying in the background), publish, flush on stop."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
         self._settings = settings
         self._publisher: GatewayPublisher | None = None
         self._connecting: asyncio.Task[None] | None = None
         # Bytes of events handed to the producer and not yet acknowledged or failed:
         # a caller that gave up (timeout) still holds its bytes until then.
         self.pending_bytes = 0
+        self._metrics = metrics or GatewayMetrics()
+        self._metrics.max_pending_bytes.set(settings.max_pending_bytes)
+        self._metrics.watch_broker(lambda: self.pending_bytes, lambda: self.ready)
 
     @property
     def ready(self) -> bool:
@@ -198,6 +202,7 @@ class Broker:
 
     def _require(self) -> GatewayPublisher:
         if self._publisher is None:
+            self._metrics.failed.inc()
             raise PublishError(
                 f"not connected to Kafka at {self._settings.pipeline.kafka_bootstrap_servers}"
             )
@@ -206,7 +211,7 @@ class Broker:
     async def publish_one(self, event: Prepared) -> Receipt:
         publisher = self._require()
         return await self._bounded(
-            len(event.value), lambda: publisher.publish_one(event.key, event.value)
+            len(event.value), 1, lambda: publisher.publish_one(event.key, event.value)
         )
 
     async def publish_many(self, events: Sequence[Prepared]) -> Receipt:
@@ -216,7 +221,7 @@ class Broker:
             events, publisher.partitions, s.envelope_events, s.pipeline.max_message_bytes
         )
         size = sum(len(value) for _, _, value in records)
-        receipt = await self._bounded(size, lambda: publisher.publish_records(records))
+        receipt = await self._bounded(size, len(events), lambda: publisher.publish_records(records))
         receipt.events = len(events)
         return receipt
 
@@ -228,7 +233,7 @@ class Broker:
             raise PublishError("the broker did not answer in time") from None
 
     async def _bounded(
-        self, size: int, publish: Callable[[], Coroutine[Any, Any, Receipt]]
+        self, size: int, events: int, publish: Callable[[], Coroutine[Any, Any, Receipt]]
     ) -> Receipt:
         """Publish within the pending-bytes budget and the publish timeout.
 
@@ -237,7 +242,9 @@ class Broker:
         producer acknowledges or fails it: the budget stays true.
         """
         s = self._settings
+        metrics = self._metrics
         if self.pending_bytes and self.pending_bytes + size > s.max_pending_bytes:
+            metrics.queue_full.inc()
             raise HttpError(
                 503,
                 [
@@ -255,12 +262,19 @@ class Broker:
         timeout = s.publish_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
-                return await asyncio.shield(task)
+                receipt = await asyncio.shield(task)
         except TimeoutError:
+            metrics.failed.inc()
             raise PublishError(
                 f"the broker did not acknowledge within {timeout:g} s"
                 " (GATEWAY_PUBLISH_TIMEOUT_SECONDS)"
             ) from None
+        except Exception:  # the publish failed (PublishError): the caller answers 503
+            metrics.failed.inc()
+            raise
+        metrics.acknowledged.inc()
+        metrics.events_acknowledged.inc(events)
+        return receipt
 
     def _settled(self, task: asyncio.Future[Receipt], size: int) -> None:
         self.pending_bytes -= size

@@ -11,13 +11,15 @@ answers requests, so idle connections pile up. :class:`GuardedHttpTools` adds:
 - ``GATEWAY_MAX_CONNECTIONS``: a connection beyond that many gets ``503`` at once.
 
 Each answer is a JSON error body and closes the connection (a lingering close,
-so the client reads the answer even while it is still sending).
+so the client reads the answer even while it is still sending), and is counted in
+``gateway_http_refused_total`` (these requests never reach the app).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -25,6 +27,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from producers.gateway.settings import GatewaySettings
+from producers.gateway.telemetry import GatewayMetrics
 
 __all__ = ["GuardedHttpTools", "uvicorn_config"]
 
@@ -45,6 +48,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     max_header_bytes = 16_384
     header_timeout_seconds = 10.0
     max_connections = 1000
+    on_refuse: Callable[[int], None] | None = None  # counts each refusal (status)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_bytes = 0
@@ -105,6 +109,8 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         self._stop_head_timer()
+        if self.on_refuse is not None:
+            self.on_refuse(status)
         body = orjson.dumps({"errors": [{"field": None, "error": message}]})
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
@@ -124,7 +130,9 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(settings: GatewaySettings) -> type[GuardedHttpTools]:
+def guarded_protocol(
+    settings: GatewaySettings, on_refuse: Callable[[int], None] | None = None
+) -> type[GuardedHttpTools]:
     """The protocol class with ``settings``' limits (a subclass per server)."""
     return type(
         "GatewayHttp",
@@ -133,17 +141,20 @@ def guarded_protocol(settings: GatewaySettings) -> type[GuardedHttpTools]:
             "max_header_bytes": settings.max_header_bytes,
             "header_timeout_seconds": settings.header_timeout_seconds,
             "max_connections": settings.max_connections,
+            "on_refuse": staticmethod(on_refuse) if on_refuse is not None else None,
         },
     )
 
 
 def uvicorn_config(app: Any, settings: GatewaySettings, **overrides: Any) -> uvicorn.Config:
     """The one uvicorn configuration of the gateway (its command and the tests use it)."""
+    metrics = getattr(app, "metrics", None)
+    on_refuse = metrics.refused if isinstance(metrics, GatewayMetrics) else None
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": guarded_protocol(settings),
+        "http": guarded_protocol(settings, on_refuse),
         "lifespan": "on",
         "log_config": None,
         "access_log": False,  # the gateway writes its own JSON request log

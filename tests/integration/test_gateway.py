@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
@@ -105,6 +106,17 @@ def gateway_settings(settings: Settings, **changes: Any) -> GatewaySettings:
 async def gateway(settings: Settings) -> AsyncIterator[Served]:
     async with serve(gateway_settings(settings)) as served:
         yield served
+
+
+async def scrape(gw: Served) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The gateway's /prometheus, as {(sample name, labels): value}."""
+    r = await gw.client.get("/prometheus")
+    assert r.status_code == 200, r.text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def product(i: int, **changes: Any) -> dict[str, Any]:
@@ -921,6 +933,29 @@ async def test_health_endpoints(gateway: Served) -> None:
         assert r.json() == {"status": "ready", "checks": {"broker": "ok", "database": "ok"}}
 
 
+async def test_prometheus_counts_requests_and_acknowledged_publishes(gateway: Served) -> None:
+    for i in range(3):
+        assert (await gateway.post("/events", product(i))).status_code == 202
+    r = await gateway.post("/events/bulk", [product(i) for i in range(10, 15)])
+    assert r.status_code == 202
+    assert (await gateway.get("/metrics", event_name="page_view")).status_code == 200
+    got = await scrape(gateway)
+
+    def at(name: str, **labels: str) -> float:
+        return got.get((name, frozenset(labels.items())), 0.0)
+
+    assert at("gateway_publishes_total", outcome="acknowledged") == 4
+    assert at("gateway_events_acknowledged_total") == 8
+    assert at("gateway_publishes_total", outcome="failed") == 0
+    assert at("gateway_requests_total", route="/events", method="POST", status="202") == 3
+    assert at("gateway_requests_total", route="/metrics", method="GET", status="200") == 1
+    assert at("gateway_request_duration_seconds_count", route="/events") == 3
+    assert at("gateway_broker_connected") == 1
+    assert at("gateway_publish_pending_bytes") == 0
+    # The analysts' /metrics is untouched: JSON rollups, not Prometheus text.
+    assert (await gateway.get("/metrics")).headers["content-type"] == "application/json"
+
+
 async def test_openapi_json_and_yaml(gateway: Served) -> None:
     r = await gateway.get("/openapi.json")
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
@@ -941,6 +976,7 @@ async def test_openapi_json_and_yaml(gateway: Served) -> None:
         "/health/ready",
         "/v1/live",
         "/live",
+        "/prometheus",
     }
     product_schema = doc["components"]["schemas"]["ProductEvent"]
     assert product_schema["required"] == ["event_name", "channel", "user_id", "timestamp"]
@@ -1147,6 +1183,8 @@ async def test_an_oversized_request_head_gets_431(settings: Settings) -> None:
         assert b'"errors"' in answer
         writer.close()
         assert (await gw.get("/healthz")).status_code == 200
+        refused = await scrape(gw)
+        assert refused[("gateway_http_refused_total", frozenset({("status", "431")}))] == 1
 
 
 async def test_a_slow_request_head_is_cut_off(settings: Settings) -> None:
@@ -1211,6 +1249,10 @@ async def test_a_stalled_broker_fills_a_bounded_queue_then_503s(settings: Settin
                 break
         assert full, codes
         assert int(full[0].headers["Retry-After"]) >= 1
+        stalled = await scrape(gw)
+        assert stalled[("gateway_publishes_total", frozenset({("outcome", "queue_full")}))] >= 1
+        assert stalled[("gateway_publishes_total", frozenset({("outcome", "failed")}))] >= 1
+        assert stalled[("gateway_publish_pending_bytes", frozenset())] > 0
         assert gw.app.broker.pending_bytes <= (1 << 20) + len(body)
         never.set_exception(ConnectionError("gone"))
         await asyncio.sleep(0.05)

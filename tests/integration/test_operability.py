@@ -7,10 +7,13 @@ import contextlib
 import os
 import socket
 import sys
+import urllib.request
 
 import asyncpg
 import orjson
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from pipeline.ops.runner import worker_env
 from pipeline.ops.status import Status, collect_status
@@ -60,7 +63,40 @@ async def test_health_and_metrics_of_a_working_worker(settings: Settings, worker
     assert metric_value(text, "pipeline_partition_lag") == 0
     assert metric_value(text, "pipeline_batch_messages_count") >= 1
     assert "pipeline_sink_seconds_bucket" in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in parse_text(text)
+        for s in f.samples
+    }
+    assert samples[("pipeline_dead_lettered_total", (("reason", "not_json"),))] == 7
+    assert samples[("pipeline_database_up", ())] == 1  # the readiness probes above
+    assert (
+        samples[("pipeline_completeness_grace_seconds", ())] == settings.completeness_grace_seconds
+    )
+    assert metric_value(text, "pipeline_partition_stuck") == 0
+    owned = {labels for name, labels in samples if name == "pipeline_partition_lag"}
+    assert owned == {(("partition", str(p)),) for p in range(settings.events_partitions)}
+    assert metric_value(text, "process_resident_memory_bytes") > 0
     assert (await http_get(worker.web_port, "/nope"))[0] == 404
+
+    def openmetrics() -> tuple[str, str]:
+        accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{worker.web_port}/metrics", headers={"Accept": accept}
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.headers["Content-Type"], r.read().decode()
+
+    content_type, om = await asyncio.to_thread(openmetrics)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    families = {f.name: f for f in parse_om(om)}
+    assert families["pipeline_events_stored"].type == "counter"
+    assert (
+        sum(
+            s.value for s in families["pipeline_events_stored"].samples if s.name.endswith("_total")
+        )
+        == 500
+    )
 
 
 async def test_ready_fails_while_the_database_is_unreachable(

@@ -37,7 +37,8 @@ async def test_a_durable_offset_outside_the_log_stops_the_partition() -> None:
     assert set(p.book.stopped) == {0, 1}
     assert p.book.stopped[0].durable == 3228 and p.book.stopped[0].log == LogRange(0, 0)
     assert "partition 0" in p.book.stopped[0].describe()
-    assert p.metrics.out_of_range.samples() is not None
+    assert p.metrics.value("pipeline_partition_out_of_range", partition="0") == 1
+    assert p.metrics.value("pipeline_partition_out_of_range", partition="2") == 0
     # Nothing of a stopped partition is planned or committed.
     assert await p.preparer.prepare([run(0, range(0, 5)), run(1, range(10, 12))]) is None
     assert p.book.cap_commits("events", {TP("events", 0): 5, TP("events", 1): 12}) == {}

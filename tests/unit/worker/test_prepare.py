@@ -15,7 +15,7 @@ async def test_offsets_already_durable_are_skipped() -> None:
     prepared = await p.preparer.prepare([run(0, range(0, 8))])
     assert prepared is not None
     assert prepared.plan.offsets[0] == {5, 6, 7}
-    assert p.metrics.skipped.value == 5
+    assert p.metrics.value("pipeline_messages_skipped_total") == 5
 
 
 async def test_runs_fetched_before_the_seek_never_reach_the_sink() -> None:
@@ -26,7 +26,7 @@ async def test_runs_fetched_before_the_seek_never_reach_the_sink() -> None:
     p.book.on_positioned({0: 3}, {0: 0})
     # Positioned by seek 3: a run drained before it (epoch 2) is stale.
     assert await p.preparer.prepare([run(0, range(1231, 1639), epoch=2)]) is None
-    assert p.metrics.skipped.value == 2 * 408
+    assert p.metrics.value("pipeline_messages_skipped_total") == 2 * 408
     prepared = await p.preparer.prepare([run(0, range(0, 100), epoch=3)])
     assert prepared is not None and prepared.plan.progress[0].next_offset == 100
 
