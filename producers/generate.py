@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from pipeline.console import Progress
+from pipeline.core import latency
 from producers.keys import event_key
 from producers.publisher import Publisher, Receipt, partition_for
 
@@ -71,9 +72,14 @@ class Workload:
         return sum(len(b) for b in self.batches)
 
     def expected(self) -> dict[str, Any]:
-        """The rollups and dead letters this load must produce, computed independently."""
+        """The rollups and dead letters this load must produce, computed independently.
+
+        ``agent_latency_histograms`` (added after the others, so older readers of an
+        expect file are unaffected): per agent rollup row, its key and ``latency_hist``.
+        """
         channels: dict[tuple[str, str, str], list[Any]] = {}
         agents: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0, 0])
+        latencies: dict[tuple[str, ...], list[float]] = {}  # every row, [] without samples
         for e in self.unique:
             if "event_version" in e:
                 r = e["run"]
@@ -91,9 +97,11 @@ class Workload:
                 a[2] += e["event_type"] == "run.failed"
                 a[3] += 1
                 a[4] += r.get("cost_usd", 0.0)
+                samples = latencies.setdefault(key, [])
                 if "latency_ms" in r:
                     a[5] += r["latency_ms"]
                     a[6] += 1
+                    samples.append(r["latency_ms"])
             else:
                 ckey = (_hour_iso(e["_ts"]), e["channel"], e["event_name"])
                 row = channels.setdefault(ckey, [0, set()])
@@ -119,6 +127,9 @@ class Workload:
                     int(v[6]),
                 ]
                 for k, v in agents.items()
+            ),
+            "agent_latency_histograms": sorted(
+                [*k, latency.histogram(v)] for k, v in latencies.items()
             ),
         }
 

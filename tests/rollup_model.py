@@ -10,8 +10,9 @@ rollups and the SQL against it. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pipeline.core import latency
 from pipeline.core.events import AgentEvent, ProductEvent
 
 __all__ = [
@@ -49,6 +50,8 @@ class AgentAgg:
     cost_usd: float = 0.0
     latency_ms_sum: float = 0.0
     latency_ms_count: int = 0
+    # Per latency bucket (pipeline/core/latency.py), trailing zeros trimmed: latency_hist.
+    latency_hist: list[int] = field(default_factory=list)
 
 
 _RUN_COUNTERS = {"run.started": "runs", "run.completed": "succeeded", "run.failed": "failed"}
@@ -90,4 +93,5 @@ def aggregate_agents(events: Iterable[AgentEvent]) -> dict[AgentKey, AgentAgg]:
         if e.latency_ms is not None:
             agg.latency_ms_sum += e.latency_ms
             agg.latency_ms_count += 1
+            agg.latency_hist = latency.merge(agg.latency_hist, latency.histogram([e.latency_ms]))
     return dict(sorted(out.items()))

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from pipeline.console import Progress
+from pipeline.core import latency
 from pipeline.ops.runner import start_worker, stop_worker
 from pipeline.ops.stack import stack_down, stack_up
 from pipeline.ops.textable import format_table
@@ -112,14 +113,18 @@ async def _print_rollups(dsn: str) -> None:
     )
     print("\nrollup_agent_hourly (summed over tenants, agents and workflows)")
     per_hour: dict[str, list[float]] = {}
+    hists: dict[str, list[int]] = {}
     for r in agents:
-        acc = per_hour.setdefault(_hour(r["hour"]), [0, 0, 0, 0.0, 0.0, 0])
+        hour = _hour(r["hour"])
+        acc = per_hour.setdefault(hour, [0, 0, 0, 0.0, 0.0, 0])
         for i, name in enumerate(
             ("runs", "succeeded", "failed", "cost_usd", "latency_ms_sum", "latency_ms_count")
         ):
             acc[i] += r[name]
+        hists[hour] = latency.merge(hists.get(hour, []), r["latency_hist"])
     _table(
-        ["hour (UTC)", "runs", "succeeded", "failed", "cost_usd", "avg latency ms"],
+        ["hour (UTC)", "runs", "succeeded", "failed", "cost_usd", "avg latency ms"]
+        + [f"p{p} ms" for p in (50, 95, 99)],
         [
             [
                 h,
@@ -128,6 +133,7 @@ async def _print_rollups(dsn: str) -> None:
                 int(a[2]),
                 f"{a[3]:.2f}",
                 f"{a[4] / a[5]:.0f}" if a[5] else "-",
+                *(_ms(latency.percentile(hists[h], p)) for p in (50, 95, 99)),
             ]
             for h, a in per_hour.items()
         ],
@@ -140,6 +146,10 @@ async def _print_rollups(dsn: str) -> None:
             for r in hours
         ],
     )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def expect_document(workload: Workload, receipt: Receipt, topic: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 ``wait_until_processed`` polls the durable offsets (``partition_progress``) until
 they reach the end offsets a publisher was acknowledged; ``reconcile`` compares
-the rollup tables with a ``GROUP BY`` of the raw tables.
+the rollup tables with a ``GROUP BY`` of the raw tables, latency histograms
+included (an hour stored before migration 0008 shows as a mismatch until
+``rebuild-rollups`` fills its histograms).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pipeline.sink.writer import load_progress
 __all__ = [
     "Reconciliation",
     "durable_offsets",
-    "wait_until_processed",
+    "latency_histograms_as_rows",
     "reconcile",
     "rollups_as_rows",
+    "wait_until_processed",
 ]
 
 
@@ -130,5 +133,26 @@ async def rollups_as_rows(dsn: str) -> tuple[list[list[Any]], list[list[Any]]]:
             for r in await conn.fetch(sql.AGENT_ROLLUPS)
         ]
         return channel, agent
+    finally:
+        await conn.close()
+
+
+async def latency_histograms_as_rows(dsn: str) -> list[list[Any]]:
+    """Every agent rollup row's key and ``latency_hist``, in the shape of the
+    generator's ``expected()["agent_latency_histograms"]``."""
+    conn = await connect(dsn)
+    try:
+        return [
+            [
+                r["hour"].isoformat(),
+                r["tenant_id"],
+                r["workspace_id"],
+                r["project_id"],
+                r["agent_id"],
+                r["workflow_id"],
+                list(r["latency_hist"]),
+            ]
+            for r in await conn.fetch(sql.AGENT_ROLLUPS)
+        ]
     finally:
         await conn.close()

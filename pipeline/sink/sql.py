@@ -60,6 +60,13 @@ STAGE_AGENT_EVENTS = (
 
 _UTC_HOUR = "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
 
+# A group's latency histogram (pipeline/core/latency.py): latency_bucket, latency_hist_of
+# and hist_add are SQL functions of migrations/0008_agent_latency_histogram.sql. The sink,
+# rebuild-rollups and the reconciliation all use this one expression.
+_LATENCY_HIST = (
+    "latency_hist_of(array_agg(latency_bucket(latency_ms)) FILTER (WHERE latency_ms IS NOT NULL))"
+)
+
 # Raw inserts need no ORDER BY: all copies of a key share a partition, so two
 # workers never insert the same key (and a rare clash is retried as a deadlock).
 # Returns how many rows were new, and the dedup keys of new ingestion-job events.
@@ -134,16 +141,17 @@ WITH ins AS (
 SELECT count(*) AS stored FROM ins
 """
 
-ADD_AGENT_ROLLUPS = """
+ADD_AGENT_ROLLUPS = f"""
 INSERT INTO rollup_agent_hourly AS r (hour, tenant_id, workspace_id, project_id, agent_id,
                                       workflow_id, runs, succeeded, failed, events, cost_usd,
-                                      latency_ms_sum, latency_ms_count, late_events, revised_at)
+                                      latency_ms_sum, latency_ms_count, latency_hist, late_events,
+                                      revised_at)
 SELECT hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
        count(*) FILTER (WHERE event_type = 'run.started'),
        count(*) FILTER (WHERE event_type = 'run.completed'),
        count(*) FILTER (WHERE event_type = 'run.failed'),
        count(*), coalesce(sum(cost_usd), 0), coalesce(sum(latency_ms), 0),
-       count(latency_ms), count(*) FILTER (WHERE late),
+       count(latency_ms), {_LATENCY_HIST}, count(*) FILTER (WHERE late),
        CASE WHEN bool_or(late) THEN now() END
 FROM fresh_agent_events GROUP BY 1, 2, 3, 4, 5, 6
 ORDER BY 1, 2, 3, 4, 5, 6
@@ -155,6 +163,7 @@ ON CONFLICT (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id) D
     cost_usd         = r.cost_usd + EXCLUDED.cost_usd,
     latency_ms_sum   = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
     latency_ms_count = r.latency_ms_count + EXCLUDED.latency_ms_count,
+    latency_hist     = hist_add(r.latency_hist, EXCLUDED.latency_hist),
     late_events      = r.late_events + EXCLUDED.late_events,
     updated_at       = now(),
     revised_at       = coalesce(EXCLUDED.revised_at, r.revised_at)
@@ -238,16 +247,19 @@ WITH raw AS (
            count(*) AS events,
            coalesce(sum(cost_usd), 0) AS cost_usd,
            coalesce(sum(latency_ms), 0) AS latency_ms_sum,
-           count(latency_ms) AS latency_ms_count
+           count(latency_ms) AS latency_ms_count,
+           {_LATENCY_HIST} AS latency_hist
     FROM raw_agent_events GROUP BY 1, 2, 3, 4, 5, 6
 )
 SELECT hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
-       r.runs, raw.runs AS raw_runs, r.events, raw.events AS raw_events
+       r.runs, raw.runs AS raw_runs, r.events, raw.events AS raw_events,
+       r.latency_hist, raw.latency_hist AS raw_latency_hist
 FROM rollup_agent_hourly r
 FULL JOIN raw USING (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id)
 WHERE r.runs IS DISTINCT FROM raw.runs OR r.succeeded IS DISTINCT FROM raw.succeeded
    OR r.failed IS DISTINCT FROM raw.failed OR r.events IS DISTINCT FROM raw.events
    OR r.latency_ms_count IS DISTINCT FROM raw.latency_ms_count
+   OR r.latency_hist IS DISTINCT FROM raw.latency_hist
    OR abs(r.cost_usd - raw.cost_usd) > 1e-6 OR abs(r.latency_ms_sum - raw.latency_ms_sum) > 1e-6
    OR r.hour IS NULL OR raw.hour IS NULL
 ORDER BY 1, 2, 3, 4, 5, 6
@@ -260,7 +272,7 @@ FROM rollup_channel_hourly ORDER BY 1, 2, 3
 
 AGENT_ROLLUPS = """
 SELECT hour, tenant_id, workspace_id, project_id, agent_id, workflow_id, runs, succeeded, failed,
-       events, cost_usd, latency_ms_sum, latency_ms_count, late_events
+       events, cost_usd, latency_ms_sum, latency_ms_count, latency_hist, late_events
 FROM rollup_agent_hourly ORDER BY 1, 2, 3, 4, 5, 6
 """
 
@@ -335,13 +347,13 @@ RETURNING 1
 REBUILD_AGENT_ROLLUP = f"""
 INSERT INTO rollup_agent_hourly (hour, tenant_id, workspace_id, project_id, agent_id, workflow_id,
                                  runs, succeeded, failed, events, cost_usd, latency_ms_sum,
-                                 latency_ms_count, late_events, revised_at)
+                                 latency_ms_count, latency_hist, late_events, revised_at)
 SELECT {_UTC_HOUR}, tenant_id, workspace_id, project_id, agent_id, workflow_id,
        count(*) FILTER (WHERE event_type = 'run.started'),
        count(*) FILTER (WHERE event_type = 'run.completed'),
        count(*) FILTER (WHERE event_type = 'run.failed'),
        count(*), coalesce(sum(cost_usd), 0), coalesce(sum(latency_ms), 0), count(latency_ms),
-       count(*) FILTER (WHERE late),
+       {_LATENCY_HIST}, count(*) FILTER (WHERE late),
        CASE WHEN bool_or(late) THEN max(received_at) FILTER (WHERE late) END
 FROM raw_agent_events WHERE occurred_at >= $1 AND occurred_at < $2
 GROUP BY 1, 2, 3, 4, 5, 6

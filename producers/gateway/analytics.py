@@ -1,10 +1,13 @@
-"""The analysts' read API (``GET /metrics``, ``/v1/metrics/overview``): queries and their reads.
+"""The analysts' read API (``GET /metrics``, ``/v1/metrics/overview``, ``/v1/runs/failures``).
 
 ``GET /metrics`` sums ``rollup_channel_hourly`` over the hours whose start lies
 in ``[from, to)`` and takes unique users from ``rollup_channel_users`` (a count
 of distinct users per bucket, never a sum of hourly uniques).
 ``GET /v1/metrics/overview`` sums ``rollup_agent_hourly`` over the last
-``window_hours`` UTC hours, the current one included.
+``window_hours`` UTC hours, the current one included; its latency percentiles
+come from the rows' summed latency histograms (``pipeline/core/latency.py``:
+nearest-rank, within 4.43% of the exact value). ``GET /v1/runs/failures`` lists
+the newest ``run.failed`` events of the same window and filters.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
+from pipeline.core import latency
 from pipeline.core.timeparse import parse_rfc3339, parse_timestamp, us_to_datetime
 from pipeline.core.window import HOUR_US, hour_start_us
 from producers.gateway import queries
@@ -24,20 +29,27 @@ from producers.gateway.http import HttpError, error
 
 __all__ = [
     "AGENT_FILTERS",
+    "DEFAULT_FAILURES",
+    "MAX_FAILURES",
     "MAX_SPAN_HOURS",
+    "PERCENTILES",
+    "FailuresQuery",
     "MetricsQuery",
     "OverviewQuery",
     "agent_overview",
     "channel_metrics",
+    "parse_failures_query",
     "parse_metrics_query",
     "parse_overview_query",
+    "run_failures",
 ]
 
 GROUPS = ("hour", "day", "channel")
 MAX_SPAN_HOURS = 366 * 24
 AGENT_FILTERS = ("tenant_id", "workspace_id", "project_id", "agent_id", "workflow_id")
+PERCENTILES = (50, 95, 99)
+DEFAULT_FAILURES, MAX_FAILURES = 50, 500
 _NUMBER = re.compile(r"\d{1,15}(\.\d{1,9})?\Z")
-_WHOLE = re.compile(r"[0-9]{1,5}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,12 @@ class OverviewQuery:
     from_us: int
     to_us: int
     filters: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FailuresQuery:
+    window: OverviewQuery
+    limit: int
 
 
 def parse_metrics_query(query: Mapping[str, str], now_us: int) -> MetricsQuery:
@@ -87,16 +105,38 @@ def parse_metrics_query(query: Mapping[str, str], now_us: int) -> MetricsQuery:
 def parse_overview_query(query: Mapping[str, str], now_us: int) -> OverviewQuery:
     """``window_hours`` (1..8784, default 24) and the optional agent filters."""
     errors: list[dict[str, Any]] = []
-    raw = query.get("window_hours", "24")
-    # ASCII digits only: str.isdigit accepts "²", which int() refuses.
-    hours = int(raw) if _WHOLE.match(raw) else 0
-    if not 1 <= hours <= MAX_SPAN_HOURS:
-        errors.append(error("window_hours", f"must be a whole number from 1 to {MAX_SPAN_HOURS}"))
-    filters = tuple(_text(query, name, 128, errors) for name in AGENT_FILTERS)
+    q = _window(query, now_us, errors)
     if errors:
         raise HttpError(400, errors)
+    return q
+
+
+def parse_failures_query(query: Mapping[str, str], now_us: int) -> FailuresQuery:
+    """The overview's window and filters, and ``limit`` (1..500, default 50)."""
+    errors: list[dict[str, Any]] = []
+    q = _window(query, now_us, errors)
+    limit = _whole(query, "limit", DEFAULT_FAILURES, MAX_FAILURES, errors)
+    if errors:
+        raise HttpError(400, errors)
+    return FailuresQuery(q, limit)
+
+
+def _window(query: Mapping[str, str], now_us: int, errors: list[Any]) -> OverviewQuery:
+    hours = _whole(query, "window_hours", 24, MAX_SPAN_HOURS, errors)
+    filters = tuple(_text(query, name, 128, errors) for name in AGENT_FILTERS)
     to_us = hour_start_us(now_us) + HOUR_US
     return OverviewQuery(hours, to_us - hours * HOUR_US, to_us, filters)
+
+
+def _whole(query: Mapping[str, str], name: str, default: int, most: int, errors: list[Any]) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    # isdigit() alone takes "²", which int() refuses: that was a 500.
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 5 else 0
+    if not 1 <= value <= most:
+        errors.append(error(name, f"must be a whole number from 1 to {most}"))
+    return value
 
 
 def _text(query: Mapping[str, str], name: str, max_len: int, errors: list[Any]) -> str | None:
@@ -160,6 +200,7 @@ async def agent_overview(
     r = await conn.fetchrow(queries.AGENT_OVERVIEW, start, end, *q.filters, tenants)
     finished = r["succeeded"] + r["failed"]
     samples = r["latency_ms_count"]
+    hist = list(r["latency_hist"])
     return {
         "window_hours": q.window_hours,
         "from": _iso(start),
@@ -173,5 +214,48 @@ async def agent_overview(
         "success_rate": round(r["succeeded"] / finished, 6) if finished else 0.0,
         "total_cost_usd": round(r["cost_usd"], 6),
         "avg_latency_ms": round(r["latency_ms_sum"] / samples, 3) if samples else 0.0,
+        # Nearest-rank, from the histograms (pipeline/core/latency.py): within 4.43% of
+        # the exact value; 0.0 without samples, as the average.
+        **{f"p{p}_latency_ms": _rounded(latency.percentile(hist, p)) for p in PERCENTILES},
         "latency_samples": samples,
+        # Fewer than latency_samples: some hours predate the histograms (migration
+        # 0008) and are not in the percentiles until rebuild-rollups fills them.
+        "latency_percentile_samples": latency.total(hist),
+    }
+
+
+def _rounded(ms: float | None) -> float:
+    return 0.0 if ms is None else round(ms, 3)
+
+
+async def run_failures(
+    conn: asyncpg.Connection, q: FailuresQuery, tenants: list[str] | None = None
+) -> dict[str, Any]:
+    """The newest failed runs of the window, newest first (ties: the higher event id)."""
+    w = q.window
+    start, end = us_to_datetime(w.from_us), us_to_datetime(w.to_us)
+    rows = await conn.fetch(queries.RUN_FAILURES, start, end, *w.filters, tenants, q.limit)
+    return {
+        "window_hours": w.window_hours,
+        "from": _iso(start),
+        "to": _iso(end),
+        "filters": dict(zip(AGENT_FILTERS, w.filters, strict=True)),
+        "limit": q.limit,
+        "failures": [
+            {
+                "event_id": r["dedup_key"],
+                "run_id": r["run_id"],
+                "occurred_at": _iso(r["occurred_at"]),
+                "tenant_id": r["tenant_id"],
+                "workspace_id": r["workspace_id"],
+                "project_id": r["project_id"],
+                "agent_id": r["agent_id"],
+                "workflow_id": r["workflow_id"],
+                "status": r["status"],
+                "latency_ms": r["latency_ms"],
+                "cost_usd": r["cost_usd"],
+                "error": None if r["error"] is None else orjson.loads(r["error"]),
+            }
+            for r in rows
+        ],
     }

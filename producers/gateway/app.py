@@ -358,10 +358,7 @@ class Gateway:
 
     async def get_overview(self, request: Request, caller: Caller) -> Response:
         q = analytics.parse_overview_query(request.query, _now_us())
-        tenant = q.filters[0]
-        if tenant is not None and not caller.may_use(tenant):
-            raise HttpError(404, [error("tenant_id", "no such tenant")])
-        scope = None if caller.tenants is None else sorted(caller.tenants)
+        scope = _tenant_scope(q, caller)
         overview = await self._db(lambda conn: analytics.agent_overview(conn, q, scope))
         return json_response(200, overview)
 
@@ -377,6 +374,12 @@ class Gateway:
     async def live_page(self, request: Request, caller: Caller) -> Response:
         """The page holds no data: it asks for an API key itself and sends it to /v1/live."""
         return self._live_page
+
+    async def get_failures(self, request: Request, caller: Caller) -> Response:
+        q = analytics.parse_failures_query(request.query, _now_us())
+        scope = _tenant_scope(q.window, caller)
+        failures = await self._db(lambda conn: analytics.run_failures(conn, q, scope))
+        return json_response(200, failures)
 
     # --- health and documents ---
 
@@ -428,6 +431,7 @@ _ROUTES: dict[str, dict[str, _Route]] = {
     "/v1/metrics/overview": {"GET": _Route(Gateway.get_overview, limit="read")},
     "/v1/live": {"GET": _Route(Gateway.get_live, limit="read")},
     "/live": {"GET": _Route(Gateway.live_page, auth=False)},
+    "/v1/runs/failures": {"GET": _Route(Gateway.get_failures, limit="read")},
     "/healthz": {"GET": _Route(Gateway.live, auth=False)},
     "/health/live": {"GET": _Route(Gateway.live, auth=False)},
     "/readyz": {"GET": _Route(Gateway.ready, auth=False)},
@@ -459,6 +463,14 @@ def _name_routes() -> tuple[str, ...]:
 
 # Every path the gateway serves, as templates (tests check manifests' probes against it).
 ROUTE_TEMPLATES = _name_routes()
+
+
+def _tenant_scope(q: analytics.OverviewQuery, caller: Caller) -> list[str] | None:
+    """The tenants a read may cover (None: every one); 404 for a tenant_id outside them."""
+    tenant = q.filters[0]
+    if tenant is not None and not caller.may_use(tenant):
+        raise HttpError(404, [error("tenant_id", "no such tenant")])
+    return None if caller.tenants is None else sorted(caller.tenants)
 
 
 def create_app(settings: GatewaySettings | None = None) -> Gateway:

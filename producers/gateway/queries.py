@@ -2,8 +2,9 @@
 
 The gateway writes only ``ingestion_jobs`` rows (before publishing a job) and
 otherwise reads: the rollup tables for the metrics API, the job counts the
-sink keeps, ``raw_events`` of one job for its results, and for the live page
-the workers' reports (``worker_status``), ``dead_letters`` and ``hour_completeness``. Filters are
+sink keeps, ``raw_events`` of one job for its results, the failed runs in
+``raw_agent_events``, and for the live page the workers' reports
+(``worker_status``), ``dead_letters`` and ``hour_completeness``. Filters are
 parameters (``$n::text IS NULL OR column = $n``); nothing a client sends is
 ever spliced into the text.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "METRICS_BUCKETS",
     "METRICS_TOTALS",
     "PING",
+    "RUN_FAILURES",
     "SELECT_JOB",
     "SELECT_JOB_BY_KEY",
 ]
@@ -95,20 +97,54 @@ SELECT (SELECT coalesce(sum(event_count), 0)::int8
 
 # --- GET /v1/metrics/overview: agent-run rollups ---
 
-AGENT_OVERVIEW = """
+# $1 from (inclusive), $2 to (exclusive) on the hour start; $3..$7 the filters; $8 the
+# API key's tenants (NULL: every tenant).
+_AGENT_FILTER = """hour >= $1 AND hour < $2
+      AND ($3::text IS NULL OR tenant_id = $3) AND ($4::text IS NULL OR workspace_id = $4)
+      AND ($5::text IS NULL OR project_id = $5) AND ($6::text IS NULL OR agent_id = $6)
+      AND ($7::text IS NULL OR workflow_id = $7)
+      AND ($8::text[] IS NULL OR tenant_id = ANY($8))"""
+
+# The window's latency histogram is the bucket-by-bucket sum of its rows' (migration
+# 0008): every row's array is dense from subscript 1, so the sums cover 1..the longest
+# without a gap, and array_agg in subscript order is again a histogram.
+AGENT_OVERVIEW = f"""
+WITH picked AS (
+    SELECT runs, succeeded, failed, events, cost_usd, latency_ms_sum, latency_ms_count,
+           latency_hist
+    FROM rollup_agent_hourly WHERE {_AGENT_FILTER}
+), hist AS (
+    SELECT u.i, sum(u.n)::int8 AS n
+    FROM picked, unnest(picked.latency_hist) WITH ORDINALITY AS u(n, i)
+    GROUP BY u.i
+)
 SELECT coalesce(sum(runs), 0)::int8 AS runs,
        coalesce(sum(succeeded), 0)::int8 AS succeeded,
        coalesce(sum(failed), 0)::int8 AS failed,
        coalesce(sum(events), 0)::int8 AS events,
        coalesce(sum(cost_usd), 0)::float8 AS cost_usd,
        coalesce(sum(latency_ms_sum), 0)::float8 AS latency_ms_sum,
-       coalesce(sum(latency_ms_count), 0)::int8 AS latency_ms_count
-FROM rollup_agent_hourly
-WHERE hour >= $1 AND hour < $2
+       coalesce(sum(latency_ms_count), 0)::int8 AS latency_ms_count,
+       (SELECT coalesce(array_agg(n ORDER BY i), '{{}}') FROM hist) AS latency_hist
+FROM picked
+"""
+
+# --- GET /v1/runs/failures: the newest failed runs (index raw_agent_events_failed) ---
+
+# The same window and filters on the event time as the overview on the hour start
+# (an event's hour starts in [from, to) exactly when the event lies in it); $9 limit.
+# run.error is what the contract's own example of a failed run carries (verbatim json).
+RUN_FAILURES = """
+SELECT dedup_key, run_id, occurred_at, tenant_id, workspace_id, project_id, agent_id,
+       workflow_id, status, latency_ms, cost_usd, payload -> 'run' -> 'error' AS error
+FROM raw_agent_events
+WHERE event_type = 'run.failed' AND occurred_at >= $1 AND occurred_at < $2
   AND ($3::text IS NULL OR tenant_id = $3) AND ($4::text IS NULL OR workspace_id = $4)
   AND ($5::text IS NULL OR project_id = $5) AND ($6::text IS NULL OR agent_id = $6)
   AND ($7::text IS NULL OR workflow_id = $7)
   AND ($8::text[] IS NULL OR tenant_id = ANY($8))  -- the API key's tenants
+ORDER BY occurred_at DESC, dedup_key DESC
+LIMIT $9
 """
 
 # --- GET /v1/live: the live page's snapshot. $1 from, $2 to (hour starts) ---

@@ -3,8 +3,9 @@
 Each test publishes a generated load (both event kinds, 4 channels, 3 hours,
 10% duplicates, 2% invalid of several kinds including non-JSON bytes, 2% late)
 and asserts: the raw tables hold exactly the unique valid events, the rollups
-equal both the GROUP BY of the raw tables and the generator's own expected
-counts, and dead_letters holds exactly the invalid ones with the right reasons.
+(latency histograms included) equal both the GROUP BY of the raw tables and the
+generator's own expected counts, and dead_letters holds exactly the invalid ones
+with the right reasons.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.settings import Settings
-from pipeline.sink.reconcile import reconcile, rollups_as_rows, wait_until_processed
+from pipeline.sink.reconcile import (
+    latency_histograms_as_rows,
+    reconcile,
+    rollups_as_rows,
+    wait_until_processed,
+)
 from producers.generate import LoadOptions, Workload, build_workload, publish_workload
 from producers.publisher import Publisher, Receipt
 from tests.conftest import Workers, http_get, metric_value, wait_for
@@ -64,6 +70,8 @@ async def assert_invariants(settings: Settings, workload: Workload) -> None:
     channel, agent = await rollups_as_rows(dsn)
     assert channel == expected["channel_rollups"]
     assert _same_rows(agent, expected["agent_rollups"])
+    histograms = await latency_histograms_as_rows(dsn)
+    assert histograms == expected["agent_latency_histograms"]
     assert report.dead_letters == expected["dead_letters"]
     assert report.late_events == expected["late_events"]
 

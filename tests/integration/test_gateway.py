@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +43,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
+from pipeline.core.limits import EventLimits
+from pipeline.core.planner import RawMessage, plan_batch
+from pipeline.core.window import HOUR_US, hour_start_us
 from pipeline.ops.procs import free_port
 from pipeline.settings import Settings
 from pipeline.sink.reconcile import reconcile, wait_until_processed
+from pipeline.sink.writer import Sink
 from producers.gateway.app import Gateway
 from producers.gateway.auth import ApiKey, parse_api_keys
 from producers.gateway.server import uvicorn_config
@@ -225,6 +232,9 @@ async def test_seed_examples_work_as_written(
     o = r.json()
     assert (o["total_runs"], o["succeeded"], o["success_rate"]) == (1, 1, 1.0)
     assert o["total_cost_usd"] == 0.0123 and o["avg_latency_ms"] == 5321.0
+    for p in (50, 95, 99):  # one sample: every percentile is it, within 4.43%
+        assert abs(o[f"p{p}_latency_ms"] - 5321) <= 0.0443 * 5321, o
+    assert o["latency_samples"] == o["latency_percentile_samples"] == 1
 
     r = await gateway.get(f"/v1/ingestions/{job_id}")
     assert r.json()["status"] == "completed" and r.json()["stored"] == 1, r.text
@@ -249,10 +259,12 @@ async def test_the_documented_examples_run_as_written(gateway: Served) -> None:
     out, err = await proc.communicate()
     assert proc.returncode == 0, (out + err).decode()
     replies = [orjson.loads(line) for line in out.splitlines() if line.strip()]
-    assert len(replies) == 11 and not [r for r in replies if "errors" in r], replies
+    assert len(replies) == 13 and not [r for r in replies if "errors" in r], replies
     assert replies[0]["accepted"] == 1 and replies[1] == {"accepted": 2, "rejected": 0}
     assert replies[3]["accepted"] == 2 and replies[3]["tenantId"] == "acme"
-    assert replies[9]["hours"] == 6 and len(replies[9]["hour_starts"]) == 6
+    assert all("p99_latency_ms" in r for r in replies[7:9]), replies[7:9]
+    assert replies[9]["limit"] == 20 and replies[10]["filters"]["workflow_id"] == "ticket-triage"
+    assert replies[11]["hours"] == 6 and len(replies[11]["hour_starts"]) == 6
 
 
 # --- exactly once through the gateway ---
@@ -371,12 +383,18 @@ async def test_metrics_overview_of_agent_runs(
     assert first["total_runs"] == 3 and (first["succeeded"], first["failed"]) == (2, 1)
     assert first["success_rate"] == round(2 / 3, 6)
     assert first["total_cost_usd"] == 0.75 and first["avg_latency_ms"] == 1500.0
+    # nearest rank of two samples: the median is the lower one, p95 and p99 the upper
+    assert abs(first["p50_latency_ms"] - 1000) <= 44.3
+    assert abs(first["p95_latency_ms"] - 2000) <= 88.6
+    assert first["p99_latency_ms"] == first["p95_latency_ms"]
     again = (await gateway.get("/v1/metrics/overview", window_hours=24, tenant_id="acme")).json()
     assert orjson.dumps(again) == orjson.dumps(first), "the output must be deterministic"
     everyone = (await gateway.get("/v1/metrics/overview")).json()
     assert everyone["total_runs"] == 4 and everyone["window_hours"] == 24
     none = (await gateway.get("/v1/metrics/overview", agent_id="nobody")).json()
     assert (none["total_runs"], none["success_rate"], none["avg_latency_ms"]) == (0, 0.0, 0.0)
+    assert [none[f"p{p}_latency_ms"] for p in (50, 95, 99)] == [0.0, 0.0, 0.0]
+    assert none["latency_samples"] == none["latency_percentile_samples"] == 0
 
 
 async def test_metrics_parameter_errors(gateway: Served) -> None:
@@ -393,7 +411,7 @@ async def test_metrics_parameter_errors(gateway: Served) -> None:
         r = await gateway.get("/metrics", **params)
         assert r.status_code == 400, (params, r.text)
         assert field in [e["field"] for e in r.json()["errors"]], (params, r.text)
-    for value in ("0", "8785", "a", "-1"):
+    for value in ("0", "8785", "a", "-1", "²", "1.5", ""):  # "²" was a 500 (isdigit)
         r = await gateway.get("/v1/metrics/overview", window_hours=value)
         assert r.status_code == 400 and r.json()["errors"][0]["field"] == "window_hours"
 
@@ -494,6 +512,261 @@ async def test_live_data_from_the_rollups_worker_reports_and_dead_letters(
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "default-src 'none'" in page.headers["content-security-policy"]
         assert admin not in page.text and acme not in page.text
+
+
+# --- latency percentiles and failed runs, written through the real sink ---
+
+
+class SinkWriter:
+    """Writes agent events through the pipeline's own sink (no broker: exact times)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.offset = 0
+
+    async def write(self, docs: list[dict[str, Any]], batch: int = 250) -> None:
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+
+        async def get() -> asyncpg.Pool:
+            return pool
+
+        sink = Sink(get)
+        try:
+            for start in range(0, len(docs), batch):  # several batches: histograms add up
+                messages = []
+                for doc in docs[start : start + batch]:
+                    messages.append(RawMessage("events", 0, self.offset, orjson.dumps(doc)))
+                    self.offset += 1
+                plan = plan_batch(messages, EventLimits(), time.time_ns() // 1000, {})
+                assert not plan.dead, plan.dead
+                await sink.write(plan)
+        finally:
+            await pool.close()
+
+
+def at(us: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us // 1_000_000)) + (
+        f".{us % 1_000_000:06d}Z"
+    )
+
+
+def nearest_rank(values: list[float], p: int) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, -(-p * len(ordered) // 100)) - 1]
+
+
+def documented_error(exact: float) -> float:
+    """docs/gateway.md: within 4.43%, 0.015625 ms below 0.03125 ms, rounded to 3 decimals."""
+    if exact >= 134_218_000:
+        return math.inf
+    return (0.015625 if exact < 0.03125 else 0.0443 * exact) + 0.0005
+
+
+async def test_overview_percentiles_are_within_the_documented_error_of_the_exact_ones(
+    settings: Settings, gateway: Served
+) -> None:
+    dsn = settings.database_url or ""
+    rng = random.Random(2024)
+    hour = hour_start_us(time.time_ns() // 1000)
+    docs = []
+    for i in range(1500):
+        e = agent("run.completed", status="succeeded", cost_usd=0.01)
+        e["tenant"]["tenant_id"] = ("acme", "globex")[i % 2]
+        e["run"]["agent_id"] = ("triage", "refund", "search")[i % 3]
+        if i % 10 == 0:  # some carry no latency, some none at all in the contract's way
+            e["run"]["latency_ms"] = None
+        else:
+            e["run"]["latency_ms"] = round(rng.lognormvariate(7.5 + i % 3, 1.2), 3)
+        e["occurred_at"] = at(hour - (0, 2 * HOUR_US, 30 * HOUR_US)[i % 4 % 3] + i * 1000)
+        docs.append(e)
+    for ms in (0.0, 0.001, 0.02, 0.03125, 2e8):  # underflow, the first boundary, overflow
+        e = agent("run.completed", status="succeeded", latency_ms=ms)
+        e["occurred_at"] = at(hour)
+        docs.append(e)
+    await SinkWriter(dsn).write(docs)
+
+    cases: list[dict[str, Any]] = [
+        {"window_hours": 24},  # windows chosen so that a new hour starting meanwhile
+        {"window_hours": 48},  # moves no event in or out
+        {"window_hours": 2},
+        {"window_hours": 24, "tenant_id": "acme"},
+        {"window_hours": 48, "agent_id": "refund"},
+        {"window_hours": 24, "tenant_id": "globex", "agent_id": "search"},
+    ]
+    for params in cases:
+        o = (await gateway.get("/v1/metrics/overview", **params)).json()
+        # The exact percentiles, from the raw rows of the same window and filters.
+        conditions = ["latency_ms IS NOT NULL", "occurred_at >= $1", "occurred_at < $2"]
+        args: list[Any] = [_parse(o["from"]), _parse(o["to"])]
+        for name in ("tenant_id", "agent_id"):
+            if name in params:
+                args.append(params[name])
+                conditions.append(f"{name} = ${len(args)}")
+        rows = await fetch(
+            dsn, f"SELECT latency_ms FROM raw_agent_events WHERE {' AND '.join(conditions)}", *args
+        )
+        values = [r["latency_ms"] for r in rows]
+        assert len(values) >= 200, (params, len(values))
+        assert o["latency_samples"] == o["latency_percentile_samples"] == len(values)
+        for p in (50, 95, 99):
+            exact = nearest_rank(values, p)
+            got = o[f"p{p}_latency_ms"]
+            assert abs(got - exact) <= documented_error(exact), (params, p, exact, got)
+        assert o["p50_latency_ms"] < o["p95_latency_ms"] <= o["p99_latency_ms"]
+    schemas = (await gateway.get("/openapi.json")).json()["components"]["schemas"]
+    assert set(o) == set(schemas["Overview"]["properties"])
+
+
+def _parse(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+def failure(
+    n: int, when_us: int, tenant: str = "acme", agent_id: str = "triage", **run: Any
+) -> dict[str, Any]:
+    e = agent("run.failed", status="failed", **run)
+    e["event_id"] = str(uuid.UUID(int=n))
+    e["occurred_at"] = at(when_us)
+    e["tenant"]["tenant_id"] = tenant
+    e["run"]["agent_id"] = agent_id
+    e["run"]["run_id"] = f"run-{n}"
+    return e
+
+
+async def test_failed_runs_newest_first_within_the_window_and_filters(
+    settings: Settings, gateway: Served
+) -> None:
+    hour = hour_start_us(time.time_ns() // 1000)
+    ms = 1000
+    docs = [
+        failure(1, hour + 5 * ms, error="timeout", latency_ms=812.5, cost_usd=0.02),
+        failure(2, hour + 3 * ms, error={"code": "E42", "message": "tool failed"}),
+        failure(3, hour + 3 * ms, agent_id="refund"),  # the same time as 2: higher id first
+        failure(4, hour + 1 * ms, workflow_id="refunds", error=None),
+        failure(5, hour + 2 * ms, tenant="globex"),
+        failure(6, hour - 3 * HOUR_US + 1000 * ms),  # inside 5 hours, outside 2
+        failure(7, hour - 60 * HOUR_US),  # outside 24 hours
+        agent("run.completed", status="succeeded", latency_ms=5.0),  # not a failure
+        agent("run.started"),
+    ]
+    docs[3]["tenant"]["workspace_id"] = "ws-eu"
+    docs[4]["tenant"]["project_id"] = "billing"
+    await SinkWriter(settings.database_url or "").write(docs, batch=4)
+
+    async def ids(**params: Any) -> list[str]:
+        r = await gateway.get("/v1/runs/failures", **params)
+        assert r.status_code == 200, r.text
+        return [f["run_id"] for f in r.json()["failures"]]
+
+    newest_first = ["run-1", "run-3", "run-2", "run-5", "run-4", "run-6"]
+    assert await ids() == newest_first  # default: 24 hours, 50 at most
+    assert await ids(limit=2) == newest_first[:2]
+    assert await ids(limit=500, window_hours=2) == newest_first[:5]
+    assert await ids(window_hours=5) == newest_first
+    assert await ids(window_hours=72) == [*newest_first, "run-7"]
+    assert await ids(tenant_id="globex") == ["run-5"]
+    assert await ids(agent_id="refund") == ["run-3"]
+    assert await ids(workflow_id="refunds") == ["run-4"]
+    assert await ids(workspace_id="ws-eu") == ["run-4"]
+    assert await ids(project_id="billing") == ["run-5"]
+    assert await ids(tenant_id="acme", agent_id="triage", limit=3) == ["run-1", "run-2", "run-4"]
+    assert await ids(tenant_id="initech") == []
+
+    body = (await gateway.get("/v1/runs/failures", limit=3)).json()
+    assert (body["window_hours"], body["limit"]) == (24, 3)
+    assert body["filters"] == dict.fromkeys(
+        ("tenant_id", "workspace_id", "project_id", "agent_id", "workflow_id")
+    )
+    first, second, third = body["failures"]
+    assert first == {
+        "event_id": "00000000-0000-0000-0000-000000000001",
+        "run_id": "run-1",
+        "occurred_at": at(hour + 5 * ms),
+        "tenant_id": "acme",
+        "workspace_id": "ws-main",
+        "project_id": "support-bot",
+        "agent_id": "triage",
+        "workflow_id": "ticket-triage",
+        "status": "failed",
+        "latency_ms": 812.5,
+        "cost_usd": 0.02,
+        "error": "timeout",
+    }
+    assert (second["run_id"], second["error"], second["latency_ms"]) == ("run-3", None, None)
+    assert third["error"] == {"code": "E42", "message": "tool failed"}
+    assert second["event_id"] > third["event_id"] and second["occurred_at"] == third["occurred_at"]
+    again = await gateway.get("/v1/runs/failures", limit=3)
+    assert again.content == (await gateway.get("/v1/runs/failures", limit=3)).content
+    schemas = (await gateway.get("/openapi.json")).json()["components"]["schemas"]
+    assert set(body) == set(schemas["Failures"]["properties"])  # as documented, no more
+    assert set(first) == set(schemas["Failure"]["properties"])
+
+
+async def test_failed_runs_parameter_errors(gateway: Served) -> None:
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"limit": 501}, ["limit"]),
+        ({"limit": 0}, ["limit"]),
+        ({"limit": "ten"}, ["limit"]),
+        ({"limit": "-5"}, ["limit"]),
+        ({"limit": ""}, ["limit"]),
+        ({"window_hours": 0}, ["window_hours"]),
+        ({"window_hours": 8785, "limit": 1000}, ["window_hours", "limit"]),
+        ({"agent_id": "x" * 129}, ["agent_id"]),
+        ({"tenant_id": ""}, ["tenant_id"]),
+    ]
+    for params, fields in cases:
+        r = await gateway.get("/v1/runs/failures", **params)
+        assert r.status_code == 400, (params, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == fields, (params, r.text)
+    r = await gateway.get("/v1/runs/failures", limit=501)
+    assert "1 to 500" in r.json()["errors"][0]["error"]
+    r = await gateway.client.post("/v1/runs/failures")
+    assert r.status_code == 405 and r.headers["Allow"] == "GET"
+
+
+async def test_a_key_sees_only_its_tenants_failed_runs(settings: Settings) -> None:
+    acme, globex, admin = "a" * 32, "g" * 32, "x" * 32
+    gs = gateway_settings(
+        settings, api_keys=keys(f"{acme}=acme", f"{globex}=globex|initech", admin)
+    )
+    hour = hour_start_us(time.time_ns() // 1000)
+    await SinkWriter(settings.database_url or "").write(
+        [
+            failure(1, hour + 1000, tenant="acme"),
+            failure(2, hour + 2000, tenant="globex"),
+            failure(3, hour + 3000, tenant="initech"),
+            failure(4, hour + 4000, tenant="umbrella"),
+        ]
+    )
+    async with serve(gs) as gw:
+
+        async def get(key: str | None, **params: Any) -> httpx.Response:
+            headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+            return await gw.client.get("/v1/runs/failures", params=params, headers=headers)
+
+        def runs(r: httpx.Response) -> list[str]:
+            assert r.status_code == 200, r.text
+            return [f["run_id"] for f in r.json()["failures"]]
+
+        assert runs(await get(acme)) == ["run-1"]
+        assert runs(await get(globex)) == ["run-3", "run-2"]
+        assert runs(await get(globex, tenant_id="initech")) == ["run-3"]
+        assert runs(await get(admin)) == ["run-4", "run-3", "run-2", "run-1"]
+        assert runs(await get(admin, tenant_id="umbrella")) == ["run-4"]
+        assert (await get(None)).status_code == 401
+        # Another tenant's filter: what the overview answers, a 404 naming tenant_id only.
+        for key, other in ((acme, "globex"), (globex, "acme"), (acme, "nobody")):
+            failures = await get(key, tenant_id=other)
+            overview = await gw.client.get(
+                "/v1/metrics/overview",
+                params={"tenant_id": other},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert failures.status_code == overview.status_code == 404
+            assert failures.json() == overview.json()
+            assert failures.json() == {
+                "errors": [{"field": "tenant_id", "error": "no such tenant"}]
+            }
 
 
 # --- ingestion jobs ---
@@ -822,6 +1095,11 @@ async def test_rate_limit_per_key_on_metrics(settings: Settings) -> None:
         assert (await gw.client.get("/v1/live", headers=a)).status_code == 429
         assert (await gw.client.get("/live")).status_code == 200
         assert (await gw.client.get("/metrics", headers={"X-API-Key": b_key})).status_code == 200
+        # The failed runs share the read budget.
+        assert (await gw.client.get("/v1/runs/failures", headers=a)).status_code == 429
+        assert (
+            await gw.client.get("/v1/runs/failures", headers={"X-API-Key": b_key})
+        ).status_code == 200
         # Ingestion has its own budget.
         r = await gw.client.post("/events", content=orjson.dumps(product(1)), headers=JSON | a)
         assert r.status_code == 202

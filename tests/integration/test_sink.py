@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ import asyncpg
 import orjson
 import pytest
 
+from pipeline.core import latency
 from pipeline.core.limits import EventLimits
 from pipeline.core.offsets import LogRange
 from pipeline.core.planner import UNSTORABLE, RawMessage, plan_batch, quarantine
@@ -26,6 +29,7 @@ from pipeline.settings import Settings
 from pipeline.sink import sql
 from pipeline.sink.reconcile import reconcile
 from pipeline.sink.writer import Abandoned, Sink, Unstorable, load_progress
+from tests.rollup_model import aggregate_agents
 
 pytestmark = pytest.mark.integration
 
@@ -247,4 +251,146 @@ async def test_an_event_postgresql_refuses_comes_back_alone_and_nothing_is_kept(
     assert tuple(row) == (UNSTORABLE, b'{"broken": ', 2)
     assert await pool.fetchval("SELECT sum(event_count) FROM rollup_channel_hourly") == 3
     assert await pool.fetchval("SELECT next_offset FROM partition_progress") == 4
+    assert (await reconcile(database)).consistent
+
+
+# --- agent latency histograms (migration 0008, pipeline/core/latency.py) ---
+
+
+def _agent_event(
+    i: int, ts: float, latency_ms: float | None, agent: str = "a1", **changes: object
+) -> dict[str, object]:
+    run: dict[str, object] = {
+        "run_id": f"run-{i}",
+        "agent_id": agent,
+        "workflow_id": "wf",
+        "status": "succeeded",
+        "cost_usd": 0.25,
+    }
+    if latency_ms is not None:
+        run["latency_ms"] = latency_ms
+    return {
+        "event_version": "v0",
+        "event_id": str(uuid.UUID(int=i)),
+        "event_type": "run.completed",
+        "occurred_at": datetime.fromtimestamp(ts, UTC).isoformat(),
+        "tenant": {"tenant_id": "acme", "workspace_id": "ws", "project_id": "p"},
+        "run": run,
+        "trace": {"trace_id": "t", "span_id": "s"},
+        **changes,
+    }
+
+
+def _latencies(rng: random.Random, n: int) -> list[float]:
+    """``n`` latencies from 0 to hours (one overflows), in eighths of a millisecond, so
+    that their sums are exact whatever the order of addition."""
+    spread = [round(rng.lognormvariate(7, 2.5) * 8) / 8 for _ in range(max(0, n - 4))]
+    return spread + [0.0, 0.03125, 1.0, 1e9][:n]
+
+
+def _agent_batch(first: int, latencies: list[float | None]) -> list[RawMessage]:
+    """Events over two hours and two agents, one message each (offset = event number)."""
+    return [
+        _msg(
+            first + k,
+            _agent_event(first + k, 1_700_000_000 + (k % 2) * 3600 + k, ms, f"a{k % 3 % 2 + 1}"),
+        )
+        for k, ms in enumerate(latencies)
+    ]
+
+
+async def _histograms(pool: asyncpg.Pool) -> dict[tuple[object, ...], list[int]]:
+    return {tuple(r)[:6]: list(r["latency_hist"]) for r in await pool.fetch(sql.AGENT_ROLLUPS)}
+
+
+def _model(plans: list[object]) -> dict[tuple[object, ...], list[int]]:
+    agents = [e for p in plans for e in p.agents]  # type: ignore[attr-defined]
+    return {
+        (datetime.fromtimestamp(k[0] / 1e6, UTC), *k[1:]): a.latency_hist
+        for k, a in aggregate_agents(agents).items()
+    }
+
+
+async def test_sql_buckets_and_histograms_equal_the_python_ones(pool: asyncpg.Pool) -> None:
+    """latency_bucket (PostgreSQL width_bucket) is bisect_right on the same doubles."""
+    rng = random.Random(17)
+    values = [0.0, -0.0, 5e-324, 1e308, *(10 ** rng.uniform(-3, 9) for _ in range(2000))]
+    for b in latency.BOUNDARIES:
+        values += [b, math.nextafter(b, 0.0), math.nextafter(b, math.inf)]
+    got = await pool.fetchval(
+        "SELECT array_agg(latency_bucket(v) ORDER BY i)"
+        " FROM unnest($1::float8[]) WITH ORDINALITY AS u(v, i)",
+        values,
+    )
+    assert got == [latency.bucket_index(v) for v in values]
+    for _ in range(40):
+        a, b = _latencies(rng, rng.randrange(0, 30)), _latencies(rng, rng.randrange(0, 30))
+        ha, hb = latency.histogram(a), latency.histogram(b)
+        row = await pool.fetchrow(
+            "SELECT latency_hist_of(ARRAY(SELECT latency_bucket(v) FROM unnest($1::float8[]) v))"
+            " AS ha, hist_add($2::int8[], $3::int8[]) AS ab,"
+            " hist_add($3::int8[], $2::int8[]) AS ba",
+            a,
+            ha,
+            hb,
+        )
+        assert (row["ha"], row["ab"], row["ba"]) == (
+            ha,
+            latency.merge(ha, hb),
+            latency.merge(ha, hb),
+        )
+    row = await pool.fetchrow(
+        "SELECT hist_add(NULL, '{2}') AS a, hist_add('{0,1}', NULL) AS b,"
+        " hist_add('{}', '{}') AS c, latency_hist_of(NULL) AS d, latency_hist_of('{}') AS e"
+    )
+    assert tuple(row) == ([2], [0, 1], [], [], [])
+
+
+async def test_latency_histograms_add_up_across_batches_and_a_replay_adds_nothing(
+    pool: asyncpg.Pool, database: str
+) -> None:
+    rng = random.Random(3)
+    first = _agent_batch(0, [*_latencies(rng, 40), None, None])
+    second = _agent_batch(100, _latencies(rng, 60))
+    sink = _sink(pool)
+    plan1 = plan_batch(first, EventLimits(), NOW_US, {})
+    await sink.write(plan1)
+    after_one = await _histograms(pool)
+    assert after_one == _model([plan1]) and len(after_one) == 4
+    plan2 = plan_batch(second, EventLimits(), NOW_US, {})
+    await sink.write(plan2)
+    both = await _histograms(pool)
+    assert both == _model([plan1, plan2])
+    for key, hist in both.items():  # every sample in exactly one bucket: added, not replaced
+        assert hist == latency.merge(after_one[key], _model([plan2])[key])
+    replay = await sink.write(plan_batch(first, EventLimits(), NOW_US, {}))
+    assert replay.stored == 0
+    assert await _histograms(pool) == both
+    counts = {tuple(r)[:6]: r["latency_ms_count"] for r in await pool.fetch(sql.AGENT_ROLLUPS)}
+    assert {k: latency.total(h) for k, h in both.items()} == counts
+    assert (await reconcile(database)).consistent
+
+
+async def test_rebuild_rollups_recreates_identical_histograms(
+    pool: asyncpg.Pool, database: str
+) -> None:
+    rng = random.Random(11)
+    sink = _sink(pool)
+    for first in (0, 100, 200):
+        await sink.write(
+            plan_batch(_agent_batch(first, _latencies(rng, 50)), EventLimits(), NOW_US, {})
+        )
+    before = [tuple(r) for r in await pool.fetch(sql.AGENT_ROLLUPS)]
+    assert all(r[13] for r in before), "every row has samples"
+    # An hour stored before migration 0008: its histogram is empty, the reconciliation says so.
+    await pool.execute("UPDATE rollup_agent_hourly SET latency_hist = '{}'")
+    mismatches = (await reconcile(database)).agent_mismatches
+    assert len(mismatches) == len(before)
+    assert all(m["latency_hist"] == [] and m["raw_latency_hist"] for m in mismatches)
+    start = datetime(2023, 11, 14, tzinfo=UTC)
+    end = datetime(2023, 11, 16, tzinfo=UTC)
+    for _ in range(2):  # idempotent
+        result = await rebuild_rollups(database, start, end)
+    assert result.agent_rows == len(before)
+    assert [tuple(r) for r in await pool.fetch(sql.AGENT_ROLLUPS)] == before
     assert (await reconcile(database)).consistent

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.core import latency
 from pipeline.core.events import AgentEvent, ProductEvent, Source
 from pipeline.core.window import HOUR_US, hour_start_us
 from tests.rollup_model import (
@@ -134,6 +135,7 @@ class TestAggregateAgents:
                 cost_usd=0.75,
                 latency_ms_sum=150.5,
                 latency_ms_count=3,
+                latency_hist=latency.histogram([100, 50.5, 0.0]),
             )
         }
 
@@ -245,7 +247,10 @@ def test_agent_rollup_invariants(events: list[AgentEvent]) -> None:
     total = AgentAgg()
     for agg in out.values():
         for name in AgentAgg.__slots__:
-            setattr(total, name, getattr(total, name) + getattr(agg, name))
+            if name == "latency_hist":
+                total.latency_hist = latency.merge(total.latency_hist, agg.latency_hist)
+            else:
+                setattr(total, name, getattr(total, name) + getattr(agg, name))
     assert total.events == len(events)
     assert total.late == sum(e.late for e in events)
     assert total.runs == sum(e.event_type == "run.started" for e in events)
@@ -255,6 +260,11 @@ def test_agent_rollup_invariants(events: list[AgentEvent]) -> None:
     assert total.cost_usd == sum(e.cost_usd for e in events if e.cost_usd is not None)
     assert total.latency_ms_sum == sum(e.latency_ms for e in events if e.latency_ms is not None)
     assert total.latency_ms_count == sum(e.latency_ms is not None for e in events)
+    assert total.latency_hist == latency.histogram(
+        e.latency_ms for e in events if e.latency_ms is not None
+    )
+    for agg in out.values():  # each row's histogram counts exactly its samples
+        assert latency.total(agg.latency_hist) == agg.latency_ms_count
 
 
 @pytest.mark.parametrize("factory", [aggregate_channels, aggregate_agents])

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.window import HOUR_US
-from producers.gateway.analytics import MAX_SPAN_HOURS, parse_metrics_query, parse_overview_query
+from producers.gateway.analytics import (
+    MAX_SPAN_HOURS,
+    parse_failures_query,
+    parse_metrics_query,
+    parse_overview_query,
+)
 from producers.gateway.http import HttpError
 
 NOW_US = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
@@ -68,3 +73,36 @@ def test_overview_window_and_filters() -> None:
     for bad in ("0", "8785", "1.5", "", "99999999", "\u00b2", "\u0663"):
         with pytest.raises(HttpError):
             parse_overview_query({"window_hours": bad}, NOW_US)
+
+
+def test_failures_take_the_overview_window_and_a_limit() -> None:
+    q = parse_failures_query({"window_hours": "2", "agent_id": "a", "limit": "500"}, NOW_US)
+    assert (q.window.from_us, q.window.to_us, q.limit) == (HOUR_END - 2 * HOUR_US, HOUR_END, 500)
+    assert q.window.filters == (None, None, None, "a", None)
+    assert q.window == parse_overview_query({"window_hours": "2", "agent_id": "a"}, NOW_US)
+    default = parse_failures_query({}, NOW_US)
+    assert (default.window.window_hours, default.limit) == (24, 50)
+
+
+@pytest.mark.parametrize(
+    ("query", "fields"),
+    [
+        ({"limit": "501"}, ["limit"]),
+        ({"limit": "0"}, ["limit"]),
+        ({"limit": "-1"}, ["limit"]),
+        ({"limit": "²"}, ["limit"]),
+        ({"limit": ""}, ["limit"]),
+        ({"limit": "10.0"}, ["limit"]),
+        (
+            {"window_hours": "0", "tenant_id": "", "limit": "x"},
+            ["window_hours", "tenant_id", "limit"],
+        ),
+    ],
+)
+def test_failures_parameters_are_named(query: dict[str, str], fields: list[str]) -> None:
+    with pytest.raises(HttpError) as caught:
+        parse_failures_query(query, NOW_US)
+    assert caught.value.status == 400
+    assert [e["field"] for e in caught.value.errors] == fields
+    if fields == ["limit"]:
+        assert caught.value.errors[0]["error"] == "must be a whole number from 1 to 500"

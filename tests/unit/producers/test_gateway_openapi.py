@@ -54,3 +54,34 @@ def test_the_document_follows_the_settings() -> None:
     assert doc["security"] == [{"bearer": []}, {"apiKey": []}]
     assert doc["components"]["schemas"]["BulkEvents"]["maxItems"] == 50
     assert "security" not in DOC
+
+
+def test_the_overview_and_the_failed_runs_are_documented() -> None:
+    schemas = DOC["components"]["schemas"]
+    overview = schemas["Overview"]["properties"]
+    for p in (50, 95, 99):
+        assert overview[f"p{p}_latency_ms"]["type"] == "number"
+        assert "4.43%" in overview[f"p{p}_latency_ms"]["description"]
+    assert "latency_percentile_samples" in overview
+    op = DOC["paths"]["/v1/runs/failures"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert list(params) == [
+        "window_hours",
+        "tenant_id",
+        "workspace_id",
+        "project_id",
+        "agent_id",
+        "workflow_id",
+        "limit",
+    ]
+    assert params["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 500,
+        "default": 50,
+    }
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Failures"
+    }
+    failure = schemas["Failure"]
+    assert set(failure["required"]) == set(failure["properties"])

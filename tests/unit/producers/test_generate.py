@@ -125,6 +125,10 @@ class TestCounts:
             assert (cost > 0) == (latency_n > 0)
             assert latency >= 50 * latency_n
         assert x["channel_rollups"] == sorted(x["channel_rollups"])
+        # the latency histograms: one per agent row, the same keys, as many samples
+        assert [h[:6] for h in x["agent_latency_histograms"]] == [r[:6] for r in x["agent_rollups"]]
+        for h, r in zip(x["agent_latency_histograms"], x["agent_rollups"], strict=True):
+            assert sum(h[6]) == r[12] and (not h[6] or h[6][-1] > 0)
 
     def test_times_fall_in_the_configured_hours(self) -> None:
         w = workload(opts(hours=3))
@@ -261,6 +265,9 @@ def _run_pipeline(w: Workload, batch_size: int) -> dict[str, Any]:
             [_hour_iso(k[0]), k[1], k[2], a.events, len(users[k])] for k, a in channels.items()
         ),
         "agent_rollups": agent_rows,
+        "agent_latency_histograms": sorted(
+            [_hour_iso(k[0]), *k[1:], a.latency_hist] for k, a in aggregate_agents(agents).items()
+        ),
     }
 
 
@@ -279,6 +286,8 @@ def test_the_pipeline_computes_what_expected_says(envelope_size: int, batch_size
         assert g[10:12] == pytest.approx(x[10:12], abs=1e-6)
         assert g[12] == x[12]
     assert got["late_events"] == expected["late_events"]
+    assert got["agent_latency_histograms"] == expected["agent_latency_histograms"]
+    assert len(expected["agent_latency_histograms"]) == len(expected["agent_rollups"])
 
 
 def test_product_timestamps_parse_to_their_anchor() -> None:
