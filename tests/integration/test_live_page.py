@@ -35,6 +35,7 @@ import asyncpg
 import orjson
 import pytest
 
+from pipeline.core import latency
 from pipeline.settings import Settings
 from pipeline.sink.reconcile import wait_until_processed
 from producers.publisher import Publisher
@@ -331,6 +332,11 @@ async def test_the_live_page_shows_what_was_just_published(
         assert dom.one(data_kpi="success_rate").text == f"{200 / 3:.1f}%"
         assert dom.one(data_kpi="total_cost_usd").text == "$0.75"
         assert dom.one(data_kpi="avg_latency_ms").text == "1,000 ms"
+        # Nearest-rank percentiles of {800, 1200}: 800, 1200, 1200, from the histograms
+        # (within their documented error, and the page's rounding to whole ms).
+        shown = dom.one(data_kpi="latency_percentiles").text.removesuffix(" ms").split(" · ")
+        for text, exact in zip(shown, (800, 1200, 1200), strict=True):
+            assert abs(number(text) - exact) <= exact * latency.MAX_RELATIVE_ERROR + 0.5, shown
 
         # Lag per partition, and which worker owns each.
         lag_rows = {
