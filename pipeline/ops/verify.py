@@ -24,11 +24,13 @@ from typing import Any
 import orjson
 
 from pipeline.console import Progress
+from pipeline.core import latency
 from pipeline.core.timeparse import parse_rfc3339, us_to_datetime
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.sink.reconcile import (
     durable_offsets,
+    latency_histograms_as_rows,
     reconcile,
     rollups_as_rows,
     wait_until_processed,
@@ -49,6 +51,8 @@ __all__ = [
 DIFF_ROWS = 5  # differing rows shown per check
 # Rollup rows by key: (hour as epoch µs, names...) -> the row's numbers.
 Rows = dict[tuple[Any, ...], tuple[float, ...]]
+# Agent rollup rows by key -> the row's latency histogram (counts per bucket, trimmed).
+Histograms = dict[tuple[Any, ...], tuple[int, ...]]
 _CHANNEL_VALUES = ("events", "unique_users")
 _AGENT_VALUES = (
     "runs",
@@ -75,6 +79,8 @@ class Expected:
     sent_events: int | None = None
     end_offsets: dict[int, int] | None = None
     topic: str | None = None
+    # Per agent rollup row, its latency histogram (files written before histograms: None).
+    latency_rows: Histograms | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class Observed:
     agent_rows: Rows  # (hour, tenant, workspace, project, agent, workflow) -> _AGENT_VALUES
     rollup_mismatches: list[str] = field(default_factory=list)  # rollups != GROUP BY raw
     durable: dict[int, int] | None = None  # partition_progress.next_offset of the topic
+    latency_rows: Histograms = field(default_factory=dict)  # agent rows' latency_hist
 
     @property
     def stored(self) -> int:
@@ -169,7 +176,26 @@ def parse_expected(doc: Any, where: str) -> Expected:
         sent_events=optional_count("sent_events"),
         end_offsets=offsets,
         topic=topic,
+        latency_rows=None
+        if doc.get("agent_latency_histograms") is None
+        else _histograms(doc["agent_latency_histograms"], f"{where}: agent_latency_histograms"),
     )
+
+
+def _histograms(rows: Any, where: str) -> Histograms:
+    """``[hour, 5 names, [count per bucket...]]`` rows by key (trailing empty buckets trimmed)."""
+    if not isinstance(rows, list):
+        raise ConfigError(f"{where} must be a list of rows")
+    out: Histograms = {}
+    for n, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 7 or not isinstance(row[6], list):
+            raise ConfigError(f"{where}[{n}] must be [hour, 5 names, [counts per bucket]]")
+        counts = row[6]
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise ConfigError(f"{where}[{n}]: the counts must be whole numbers, 0 or more")
+        (key,) = _rows([[*row[:6], 0]], 6, 1, f"{where}[{n}]")
+        out[key] = tuple(latency.trim(counts))
+    return out
 
 
 def _rows(rows: Any, keys: int, values: int, where: str) -> Rows:
@@ -224,6 +250,8 @@ def compare(expected: Expected, observed: Observed) -> list[Check]:
     checks.append(
         _row_check("agent rollups", expected.agent_rows, observed.agent_rows, _AGENT_VALUES)
     )
+    if expected.latency_rows is not None:
+        checks.append(_histogram_check(expected.latency_rows, observed.latency_rows))
     bad = observed.rollup_mismatches
     checks.append(
         Check(
@@ -315,6 +343,27 @@ def _row_check(
     )
 
 
+def _histogram_check(expected: Histograms, found: Histograms) -> Check:
+    name = "agent latency histograms"
+    diff = [
+        f"{_key_text(key)}: expected {_buckets(expected.get(key))}, "
+        f"found {_buckets(found.get(key))}"
+        for key in sorted(set(expected) | set(found))
+        if expected.get(key) != found.get(key)
+    ]
+    samples = sum(sum(h) for h in found.values())
+    if not diff:
+        return Check(name, True, f"{len(found)} rows, {samples} samples")
+    return Check(name, False, f"{len(diff)} row(s) differ", diff[:DIFF_ROWS])
+
+
+def _buckets(counts: tuple[int, ...] | None) -> str:
+    """The non-empty buckets as ``{bucket: count}``, or "no row"."""
+    if counts is None:
+        return "no row"
+    return "{" + ", ".join(f"{i}: {c}" for i, c in enumerate(counts) if c) + "}"
+
+
 def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return len(a) == len(b) and all(
         math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-6) for x, y in zip(a, b, strict=True)
@@ -354,6 +403,9 @@ async def observe(dsn: str, topic: str | None) -> Observed:
         agent_rows=_rows(agent, 6, 7, "rollup_agent_hourly"),
         rollup_mismatches=[_short(m) for m in mismatches],
         durable=None if topic is None else await durable_offsets(dsn, topic),
+        latency_rows=_histograms(
+            await latency_histograms_as_rows(dsn), "rollup_agent_hourly latency_hist"
+        ),
     )
 
 

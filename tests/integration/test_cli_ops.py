@@ -275,7 +275,8 @@ async def test_verify_and_query_on_a_generated_load(
 
     out = ok(run(settings, "verify", "--expect-file", str(expect), "--wait", "180"))
     lines = out.splitlines()
-    assert lines[-1] == "all 9 checks passed", out
+    assert lines[-1] == "all 10 checks passed", out
+    assert "OK        agent latency histograms: " in out
     assert all(ln.startswith("OK ") for ln in lines[:-1]), out
 
     await _check_query(settings, dsn)
@@ -298,7 +299,19 @@ async def test_verify_and_query_on_a_generated_load(
     )
     assert "MISMATCH  rollups add up to the raw tables" in out
     assert "OK        product events stored" in out
-    assert out.splitlines()[-1] == "2 of 9 checks failed"
+    assert out.splitlines()[-1] == "2 of 10 checks failed"
+
+    # A latency histogram emptied (as on a row stored before histograms existed).
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE rollup_agent_hourly SET latency_hist = '{}' WHERE ctid = (SELECT ctid "
+            "FROM rollup_agent_hourly WHERE latency_hist <> '{}' LIMIT 1)"
+        )
+    finally:
+        await conn.close()
+    out = ok(run(settings, "verify", "--expect-file", str(expect)), 1)
+    assert "MISMATCH  agent latency histograms: 1 row(s) differ" in out, out
 
     one_line_error(run(settings, "verify", "--expect-file", str(tmp_path / "no.json")), "no.json")
     (tmp_path / "bad.json").write_text("{")

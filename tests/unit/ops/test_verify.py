@@ -212,3 +212,27 @@ def test_the_file_missing_not_json_or_not_an_object(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_bytes(orjson.dumps(DOC))
     assert load_expect_file(good).end_offsets == {0: 12, 1: 11}
+
+
+def test_agent_latency_histograms_are_checked_when_the_file_has_them() -> None:
+    doc = {**DOC, "agent_latency_histograms": [[*AGENT_ROW[:6], [0, 2, 0, 1, 0, 0]]]}
+    exp = parse_expected(doc, "test")
+    key = next(iter(exp.agent_rows))
+    assert exp.latency_rows == {key: (0, 2, 0, 1)}  # trailing empty buckets trimmed
+    good = by_name(compare(exp, observed(doc, latency_rows={key: (0, 2, 0, 1)})))
+    assert good["agent latency histograms"].ok
+    assert good["agent latency histograms"].summary == "1 rows, 3 samples"
+    bad = by_name(compare(exp, observed(doc, latency_rows={key: (0, 3, 0, 1)})))
+    check = bad["agent latency histograms"]
+    assert not check.ok and check.diff == [
+        "2026-11-21 10:00 t0 ws-main p0 agent-1 wf-0: expected {1: 2, 3: 1}, found {1: 3, 3: 1}"
+    ]
+    # Files from before the histograms have no such check.
+    assert "agent latency histograms" not in by_name(compare(parse_expected(DOC, "t"), observed()))
+
+
+@pytest.mark.parametrize("counts", [[1, -1], [1.5], "x", [True]])
+def test_a_malformed_histogram_is_named(counts: Any) -> None:
+    doc = {**DOC, "agent_latency_histograms": [[*AGENT_ROW[:6], counts]]}
+    with pytest.raises(ConfigError, match="agent_latency_histograms"):
+        parse_expected(doc, "test")

@@ -21,6 +21,7 @@ def _state(doc: dict[str, object]) -> Observed:
         channel_rows=dict(exp.channel_rows),
         agent_rows=dict(exp.agent_rows),
         durable=dict(exp.end_offsets or {}),
+        latency_rows=dict(exp.latency_rows or {}),
     )
 
 
@@ -32,7 +33,7 @@ def test_the_demo_checks_a_load_with_verifys_checks(capsys: pytest.CaptureFixtur
     state = _state(doc)
     assert _print_reconciliation(workload, receipt, "events", state) == 0
     out = capsys.readouterr().out
-    assert "all 9 checks passed" in out and "MISMATCH" not in out
+    assert "all 10 checks passed" in out and "MISMATCH" not in out
 
     rows = dict(state.channel_rows)
     key = sorted(rows)[0]
@@ -41,4 +42,4 @@ def test_the_demo_checks_a_load_with_verifys_checks(capsys: pytest.CaptureFixtur
     assert _print_reconciliation(workload, receipt, "events", tampered) == 1
     out = capsys.readouterr().out
     assert "MISMATCH  channel rollups: 1 row(s) differ" in out
-    assert "1 of 9 checks failed" in out
+    assert "1 of 10 checks failed" in out
