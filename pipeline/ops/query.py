@@ -27,6 +27,7 @@ from pipeline.ops.timearg import parse_time_option
 from pipeline.settings import Settings
 from pipeline.sink import sql
 from pipeline.sink.connect import connect
+from pipeline.sink.reconcile import AGENT_COUNTERS
 
 __all__ = ["AGENT_GROUPS", "CHANNEL_GROUPS", "QuerySpec", "parse_query", "run_query"]
 
@@ -122,8 +123,8 @@ async def query_rollups(dsn: str, q: QuerySpec) -> dict[str, Any]:
             totals: dict[str, Any] | None = None
         else:
             args = (start, end, q.event_name, q.channel)
-            rows = await conn.fetch(sql.QUERY_CHANNEL_BUCKETS[q.group_by], *args)
-            totals = dict(await conn.fetchrow(sql.QUERY_CHANNEL_TOTALS, *args))
+            rows = await conn.fetch(sql.CHANNEL_BUCKETS[q.group_by], *args)
+            totals = dict(await conn.fetchrow(sql.CHANNEL_TOTALS, *args))
     finally:
         await conn.close()
     doc: dict[str, Any] = {
@@ -134,18 +135,7 @@ async def query_rollups(dsn: str, q: QuerySpec) -> dict[str, Any]:
     }
     if q.agents:
         buckets = [_agent_row(_bucket(r["bucket"], q.group_by), dict(r)) for r in rows]
-        sums = {
-            name: sum(dict(r)[name] for r in rows)
-            for name in (
-                "runs",
-                "succeeded",
-                "failed",
-                "events",
-                "cost_usd",
-                "latency_ms_sum",
-                "latency_ms_count",
-            )
-        }
+        sums = {name: sum(dict(r)[name] for r in rows) for name in AGENT_COUNTERS}
         doc["filters"] = {"tenant_id": q.tenant, "agent_id": q.agent, "workflow_id": q.workflow}
         doc["totals"] = {k: v for k, v in _agent_row("", sums).items() if k != "bucket"}
     else:

@@ -29,6 +29,7 @@ from pipeline.core.timeparse import parse_rfc3339, us_to_datetime
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.sink.reconcile import (
+    AGENT_COUNTERS,
     durable_offsets,
     latency_histograms_as_rows,
     reconcile,
@@ -54,15 +55,7 @@ Rows = dict[tuple[Any, ...], tuple[float, ...]]
 # Agent rollup rows by key -> the row's latency histogram (counts per bucket, trimmed).
 Histograms = dict[tuple[Any, ...], tuple[int, ...]]
 _CHANNEL_VALUES = ("events", "unique_users")
-_AGENT_VALUES = (
-    "runs",
-    "succeeded",
-    "failed",
-    "events",
-    "cost_usd",
-    "latency_ms_sum",
-    "latency_ms_count",
-)
+_AGENT_VALUES = AGENT_COUNTERS
 
 
 @dataclass(frozen=True)

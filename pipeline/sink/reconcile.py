@@ -20,6 +20,7 @@ from pipeline.sink.connect import connect
 from pipeline.sink.writer import load_progress
 
 __all__ = [
+    "AGENT_COUNTERS",
     "Reconciliation",
     "durable_offsets",
     "latency_histograms_as_rows",
@@ -100,6 +101,22 @@ async def reconcile(dsn: str) -> Reconciliation:
         await conn.close()
 
 
+# The additive columns of an agent rollup row, in the order the generator's rows hold them.
+AGENT_COUNTERS = (
+    "runs",
+    "succeeded",
+    "failed",
+    "events",
+    "cost_usd",
+    "latency_ms_sum",
+    "latency_ms_count",
+)
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 6) if isinstance(value, float) else value
+
+
 async def rollups_as_rows(dsn: str) -> tuple[list[list[Any]], list[list[Any]]]:
     """Both rollup tables in the generator's ``expected()`` row shape."""
     conn = await connect(dsn)
@@ -122,13 +139,7 @@ async def rollups_as_rows(dsn: str) -> tuple[list[list[Any]], list[list[Any]]]:
                 r["project_id"],
                 r["agent_id"],
                 r["workflow_id"],
-                r["runs"],
-                r["succeeded"],
-                r["failed"],
-                r["events"],
-                round(r["cost_usd"], 6),
-                round(r["latency_ms_sum"], 6),
-                r["latency_ms_count"],
+                *(_rounded(r[name]) for name in AGENT_COUNTERS),
             ]
             for r in await conn.fetch(sql.AGENT_ROLLUPS)
         ]

@@ -481,7 +481,8 @@ FROM unnest($1::int8[], $2::text[], $3::text[]) AS x(id, dest, fixes)
 WHERE d.id = x.id
 """
 
-# --- Rollups for a range: python -m pipeline query (pipeline/ops/query.py) ------------
+# --- Rollups for a range: python -m pipeline query (pipeline/ops/query.py) and, for the
+# channel rollups, the gateway's GET /metrics (producers/gateway/queries.py takes them here) ---
 
 # $1 from (inclusive), $2 to (exclusive) on the hour start; $3 event_name, $4 channel.
 _QUERY_CHANNEL_FILTER = """hour >= $1 AND hour < $2
@@ -490,7 +491,7 @@ _DAY = "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
 
 # Unique users come from the per-hour user sets: a count of distinct users per bucket,
 # never a sum of hourly uniques (a user seen in two hours counts once in their day).
-QUERY_CHANNEL_BUCKETS = {
+CHANNEL_BUCKETS = {
     group: f"""
 WITH e AS (
     SELECT {expr} AS bucket, sum(event_count)::int8 AS events,
@@ -506,7 +507,7 @@ FROM e LEFT JOIN u USING (bucket) ORDER BY 1
     for group, expr in {"hour": "hour", "day": _DAY, "channel": "channel"}.items()
 }
 
-QUERY_CHANNEL_TOTALS = f"""
+CHANNEL_TOTALS = f"""
 SELECT (SELECT coalesce(sum(event_count), 0)::int8
           FROM rollup_channel_hourly WHERE {_QUERY_CHANNEL_FILTER}) AS events,
        (SELECT count(DISTINCT user_id)::int8

@@ -11,6 +11,8 @@ ever spliced into the text.
 
 from __future__ import annotations
 
+from pipeline.sink import sql
+
 __all__ = [
     "AGENT_OVERVIEW",
     "INSERT_JOB",
@@ -60,40 +62,12 @@ GROUP BY event_name ORDER BY event_name
 
 # --- GET /metrics: product-event rollups ---
 
-# $1 from (inclusive), $2 to (exclusive) on the hour start; $3 event_name, $4 channel.
-_CHANNEL_FILTER = """hour >= $1 AND hour < $2
-      AND ($3::text IS NULL OR event_name = $3) AND ($4::text IS NULL OR channel = $4)"""
-
-_BUCKET = {
-    "hour": "hour",
-    "day": "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-    "channel": "channel",
-}
-
-# Unique users always come from the user sets (rollup_channel_users): a user seen in
-# two hours, or on two channels, or under two event names counts once per bucket.
-METRICS_BUCKETS = {
-    group: f"""
-WITH e AS (
-    SELECT {expr} AS bucket, sum(event_count)::int8 AS events,
-           sum(late_events)::int8 AS late_events
-    FROM rollup_channel_hourly WHERE {_CHANNEL_FILTER} GROUP BY 1
-), u AS (
-    SELECT {expr} AS bucket, count(DISTINCT user_id)::int8 AS unique_users
-    FROM rollup_channel_users WHERE {_CHANNEL_FILTER} GROUP BY 1
-)
-SELECT e.bucket, e.events, e.late_events, coalesce(u.unique_users, 0) AS unique_users
-FROM e LEFT JOIN u USING (bucket) ORDER BY 1
-"""
-    for group, expr in _BUCKET.items()
-}
-
-METRICS_TOTALS = f"""
-SELECT (SELECT coalesce(sum(event_count), 0)::int8
-          FROM rollup_channel_hourly WHERE {_CHANNEL_FILTER}) AS events,
-       (SELECT count(DISTINCT user_id)::int8
-          FROM rollup_channel_users WHERE {_CHANNEL_FILTER}) AS unique_users
-"""
+# The same read as `python -m pipeline query`, so one statement serves both (pipeline/sink/sql.py):
+# $1 from (inclusive), $2 to (exclusive) on the hour start; $3 event_name, $4 channel. Unique
+# users always come from the user sets (rollup_channel_users): a user seen in two hours, or on
+# two channels, or under two event names counts once per bucket.
+METRICS_BUCKETS = sql.CHANNEL_BUCKETS
+METRICS_TOTALS = sql.CHANNEL_TOTALS
 
 # --- GET /v1/metrics/overview: agent-run rollups ---
 
