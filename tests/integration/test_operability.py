@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pty
+import select
 import socket
+import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -15,13 +20,14 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from pipeline.ops.procs import free_port
 from pipeline.ops.runner import worker_env
 from pipeline.ops.status import Status, collect_status
 from pipeline.settings import Settings
 from pipeline.sink.reconcile import wait_until_processed
 from producers.publisher import Publisher
 from tests.chaos.chaoslib import log_records
-from tests.conftest import Workers, http_get, metric_value, wait_for
+from tests.conftest import REPO, Workers, http_get, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +250,52 @@ async def test_a_second_worker_on_one_host_chooses_a_free_web_port(
         assert second.proc.poll() is None, second.tail()
     finally:
         holder.close()
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str], until: bytes, timeout: float) -> bytes:
+    """Run ``args`` with a pseudo-terminal as its stdout and stderr (where libraries color
+    their output) until ``until`` appears in what it wrote, then SIGTERM it; what it wrote."""
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=child_fd, stderr=child_fd
+    )
+    os.close(child_fd)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while until not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.5)
+            if ready:
+                try:
+                    out += os.read(main_fd, 65536)
+                except OSError:  # the child closed the terminal: it exited
+                    break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(main_fd)
+    assert until in out, out.decode(errors="replace")[-2000:]
+    return out
+
+
+def test_logs_on_a_terminal_carry_no_escape_codes(settings: Settings, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        **worker_env(settings),
+        "LOG_LEVEL": "",  # the default, as a user runs it
+        "WORKER_WEB_PORT": str(free_port()),
+        "WORKER_DATA_DIR": str(tmp_path / "worker"),
+        "GATEWAY_PORT": str(free_port()),
+        "API_KEYS": "",
+        "TERM": "xterm-256color",
+    }
+    worker = _on_a_terminal(
+        [sys.executable, "-m", "pipeline", "worker"], env, b"joined consumer group", 90
+    )
+    gateway = _on_a_terminal(
+        [sys.executable, "-m", "producers", "gateway"], env, b"Uvicorn running", 60
+    )
+    for out in (worker, gateway):
+        assert b"\x1b" not in out, out.decode(errors="replace")
+        lines = [ln for ln in out.decode().splitlines() if ln.strip()]
+        assert lines and all(ln.startswith("{") for ln in lines), lines  # JSON lines only
