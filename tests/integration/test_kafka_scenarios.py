@@ -294,8 +294,10 @@ async def test_stack_down_up_on_kafka_resumes_at_the_durable_offsets(tmp_path: P
         await wait_until_processed(s.require_database_url(), s.events_topic, after[1], 90)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
-        seeks = [
-            orjson.loads(line) for line in log2.read_text().splitlines() if "seeking to" in line
+        seeks = [  # the worker says where each partition resumes when it joins
+            orjson.loads(line)
+            for line in log2.read_text().splitlines()
+            if '"msg":"joined consumer group"' in line
         ]
         assert seeks, log2.read_text()[-2000:]
         first_seek = {int(p): o for p, o in seeks[0]["partitions"].items()}
