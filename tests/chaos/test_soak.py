@@ -15,10 +15,10 @@ Every round has its own topic, consumer group and database, and runs:
    pipeline), and every killed process really gone.
 
 Each round runs on Tansu and on Apache Kafka. ``CHAOS_ROUNDS`` sets the number
-of rounds per broker (by default 3 on Tansu and 2 on Kafka: the suite runs 5 in
-all); ``CHAOS_SEED`` fixes the random choices (default: a new seed per run, shown
-in the figures and in any failure). ``make soak`` runs 30 rounds on each broker,
-stopping at the first failure.
+of rounds per broker (by default 2 on each: the suite runs 4 in all, one with a
+kill before the first commit on each broker); ``CHAOS_SEED`` fixes the random
+choices (default: a new seed per run, shown in the figures and in any failure).
+``make soak`` runs 30 rounds on each broker, stopping at the first failure.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ from tests.integration.test_end_to_end import assert_invariants
 
 pytestmark = pytest.mark.chaos
 
-# Rounds per broker: CHAOS_ROUNDS for `make soak` (30); the suite's share is 3 on
-# Tansu and 2 on Apache Kafka, 5 in all.
-ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "0"))
-PLAN = [("tansu", r) for r in range(ROUNDS or 3)] + [("kafka", r) for r in range(ROUNDS or 2)]
+# Rounds per broker: CHAOS_ROUNDS for `make soak` (30); the suite's share is 2 on each
+# (rounds 0 and 1: an even round kills a worker before the first commit), which keeps the
+# whole suite under 15 minutes on 2 cores; the 30-round soaks run outside it.
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "0")) or 2
+PLAN = [(broker, r) for broker in ("tansu", "kafka") for r in range(ROUNDS)]
 SEED = int(os.environ.get("CHAOS_SEED", "0")) or random.randrange(1, 10**9)
 COUNT = int(os.environ.get("CHAOS_COUNT", "8000"))  # events per round
 RATE = 3_000.0  # events/s while the workers are disturbed
