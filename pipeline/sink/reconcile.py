@@ -113,6 +113,12 @@ AGENT_COUNTERS = (
 )
 
 
+def _agent_key(r: Any) -> list[Any]:
+    """An agent rollup row's key as the generator writes it: the hour, then the five ids."""
+    ids = ("tenant_id", "workspace_id", "project_id", "agent_id", "workflow_id")
+    return [r["hour"].isoformat(), *(r[name] for name in ids)]
+
+
 def _rounded(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
@@ -132,15 +138,7 @@ async def rollups_as_rows(dsn: str) -> tuple[list[list[Any]], list[list[Any]]]:
             for r in await conn.fetch(sql.CHANNEL_ROLLUPS)
         ]
         agent = [
-            [
-                r["hour"].isoformat(),
-                r["tenant_id"],
-                r["workspace_id"],
-                r["project_id"],
-                r["agent_id"],
-                r["workflow_id"],
-                *(_rounded(r[name]) for name in AGENT_COUNTERS),
-            ]
+            [*_agent_key(r), *(_rounded(r[name]) for name in AGENT_COUNTERS)]
             for r in await conn.fetch(sql.AGENT_ROLLUPS)
         ]
         return channel, agent
@@ -154,16 +152,7 @@ async def latency_histograms_as_rows(dsn: str) -> list[list[Any]]:
     conn = await connect(dsn)
     try:
         return [
-            [
-                r["hour"].isoformat(),
-                r["tenant_id"],
-                r["workspace_id"],
-                r["project_id"],
-                r["agent_id"],
-                r["workflow_id"],
-                list(r["latency_hist"]),
-            ]
-            for r in await conn.fetch(sql.AGENT_ROLLUPS)
+            [*_agent_key(r), list(r["latency_hist"])] for r in await conn.fetch(sql.AGENT_ROLLUPS)
         ]
     finally:
         await conn.close()
