@@ -102,7 +102,7 @@ class Request:
         """The whole body; 413 as soon as it is known to exceed ``limit`` bytes."""
         declared = self.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() is True
                 raise HttpError(400, [error("Content-Length", "must be a whole number")])
             if int(declared) > _DRAIN_MAX:
                 raise _too_large(limit)  # not worth reading: the connection is closed
