@@ -263,6 +263,19 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+async def test_an_empty_pipeline_says_so_in_each_table(settings: Settings) -> None:
+    """No events, no dead letters, no worker yet: each table says why it is empty."""
+    chromium()
+    async with serve(gateway_settings(settings)) as gw:
+        dom = await rendered(gw.url + "/live")
+    muted = {c.text for c in dom.all("td", **{"class": "muted"})}
+    assert muted == {
+        "No events in this window.",
+        "None: every message was accepted.",
+        "No partition reported yet.",
+    }, muted
+
+
 async def test_the_live_page_shows_what_was_just_published(
     settings: Settings, workers: Workers
 ) -> None:
